@@ -1,0 +1,23 @@
+# The two set-up-and-go commands (see README): `make demo` and `make test`.
+# Both create the CPU venv on first use (scripts/setup-env.sh, idempotent).
+SHELL := /bin/bash
+VENV := .venv
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export VLLM_CACHE_ROOT := $(CURDIR)/.cache/vllm
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/torchinductor
+export VLLM_CPU_KVCACHE_SPACE ?= 2
+export VLLM_NO_USAGE_STATS := 1
+export DO_NOT_TRACK := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export KUBERAY_CRD_DIR ?= $(abspath $(CURDIR)/../shared/kuberay-crds)
+
+.PHONY: setup demo test
+setup:
+	@bash scripts/setup-env.sh
+
+demo: setup
+	$(VENV)/bin/internvl-batch smoke
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,9 @@
+import pytest
+
+from internvl_batch.tiny_model import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The project's tiny InternVL2.5 checkpoint (original layout), built once per session."""
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-internvl") / "model", seed=0)
