@@ -17,7 +17,7 @@ setup:
 	@bash scripts/setup-env.sh
 
 demo: setup
-	$(VENV)/bin/internvl-batch smoke
+	$(VENV)/bin/internvl-batch demo
 
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -44,9 +44,77 @@ def _smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace):
+    from internvl_batch.config_loader import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.set)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def _validate(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    print(f"config ok: {len(cfg.task)} task(s) {[t.name for t in cfg.task]}, model {cfg.model.path}, "
+          f"output {cfg.output.path}")
+    if args.config_only:
+        return 0
+    from internvl_batch.manifest import ManifestError, sample_manifest
+
+    try:
+        report = sample_manifest(cfg.input, cfg.preprocess, n=args.sample)
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    from internvl_batch.pipeline import run_job
+
+    summary = run_job(cfg, dry_run=args.dry_run)
+    return 0 if summary.finished else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from internvl_batch.demo import DEMO_CONFIG, prepare_demo
+
+    prepare_demo()
+    args.config, args.dry_run = DEMO_CONFIG, False
+    return _run(args)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="job config YAML (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set output.path=/tmp/x (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="internvl-batch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a job: manifest -> CPU preprocessing -> engine replicas -> parquet")
+    _add_config_args(p)
+    p.add_argument("--dry-run", action="store_true", help="resolve what would run (rows to do), run nothing")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("validate", help="check a config and a sample of manifest rows; no inference")
+    _add_config_args(p)
+    p.add_argument("--config-only", action="store_true", help="do not read the manifest")
+    p.add_argument("--sample", type=int, default=20, help="manifest rows to check")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("demo", help="configs/demo.yaml on generated media: tiny model, local Ray, CPU vLLM")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("make-tiny-model", help="build the tiny random InternVL2.5 checkpoint")
     p.add_argument("dir", type=Path)

@@ -213,9 +213,10 @@ def _init(name: str, shape: tuple[int, ...], gen) -> "torch.Tensor":  # noqa: F8
         return torch.ones(shape)  # layer scales and norm gains
     if len(shape) == 1 and name.endswith(".bias"):
         return torch.zeros(shape)
-    # Large enough that the image visibly steers the (gibberish) greedy output, which the
-    # tests use to prove the vision path is really used.
-    std = 0.5 if name.startswith(("vision_model", "mlp1")) else 0.08
+    # Tuned so that greedy output is diverse and steered by both the image and the text
+    # (tests use that to prove the vision path is really used): a strong vision tower, a
+    # quiet projector so image tokens don't drown the text, and a lively LLM.
+    std = {"vision_model": 0.5, "mlp1": 0.01}.get(name.split(".")[0], 0.2)
     return torch.randn(shape, generator=gen) * std
 
 

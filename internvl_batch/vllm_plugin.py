@@ -2,10 +2,12 @@
 
 vLLM calls `register()` in every process it starts, spawned engine cores included, so
 what is registered here is visible wherever the model is loaded. It must stay cheap and
-idempotent.
+idempotent: the model class is registered by name and imported only when used.
 """
 
 from __future__ import annotations
+
+PRETILED_ARCHITECTURE = "InternVLPretiledChatModel"
 
 
 def register() -> None:
@@ -14,3 +16,10 @@ def register() -> None:
 
     _torchvision_cpu.install()
     register_config_classes()
+
+    from vllm import ModelRegistry
+
+    if PRETILED_ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(
+            PRETILED_ARCHITECTURE, "internvl_batch.engines.vllm_model:InternVLPretiledChatModel"
+        )

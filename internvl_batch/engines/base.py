@@ -1,0 +1,104 @@
+"""The engine interface: built once from config, `generate(requests)`, explicit `shutdown()`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from internvl_batch.prompts import Prompt
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from internvl_batch.config import ModelConfig, SamplingConfig
+
+ResultStatus = Literal["ok", "too_large", "context_overflow", "engine_error"]
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One already-preprocessed prompt.
+
+    `tiles` holds every tile of every image (or video frame) of the row, in prompt order,
+    as uint8 (T, 448, 448, 3): 4x smaller than float32 to ship between workers; the
+    engine normalises where that is cheapest. `prompt.tiles_per_image` splits them.
+    """
+
+    id: str
+    prompt: Prompt
+    tiles: np.ndarray | None = None
+    sampling: SamplingConfig | None = None  # None: the engine's default
+    media_key: str | None = None  # stable id of the media content, for engine-side caches
+
+    @property
+    def num_tiles(self) -> int:
+        return 0 if self.tiles is None else int(self.tiles.shape[0])
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    id: str
+    status: ResultStatus
+    text: str | None = None
+    finish_reason: str | None = None
+    num_prompt_tokens: int | None = None
+    num_output_tokens: int | None = None
+    token_ids: tuple[int, ...] = ()
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, request_id: str, status: ResultStatus, error: str) -> EngineResult:
+        return cls(id=request_id, status=status, error=error)
+
+
+class EngineFatalError(RuntimeError):
+    """The engine itself is gone (dead process, out of memory): fail the job fast."""
+
+
+class Engine(Protocol):
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
+        """One result per request, in order. Per-row failures are results, not raises;
+        a dead engine raises EngineFatalError."""
+
+    def shutdown(self) -> None: ...
+
+
+def build_engine(model: ModelConfig, sampling: SamplingConfig) -> Engine:
+    if model.engine == "vllm":
+        from internvl_batch.engines.vllm import VLLMEngine
+
+        return VLLMEngine(model, sampling)
+    from internvl_batch.engines.hf import HFEngine
+
+    return HFEngine(model, sampling)
+
+
+def check_request(req: EngineRequest, model: ModelConfig) -> EngineResult | None:
+    """The failed result for a request the engine can't take, or None. Shared by engines."""
+    tiles = req.prompt.tiles_per_image
+    if len(tiles) > model.max_images_per_prompt:
+        msg = f"{len(tiles)} images/frames exceed model.max_images_per_prompt={model.max_images_per_prompt}"
+        return EngineResult.failed(req.id, "too_large", msg)
+    # max_dynamic_patch tiles plus the thumbnail
+    if tiles and max(tiles) > model.max_dynamic_patch + 1:
+        msg = (f"an image has {max(tiles)} tiles; model.max_dynamic_patch={model.max_dynamic_patch} "
+               f"allows {model.max_dynamic_patch + 1} with the thumbnail")
+        return EngineResult.failed(req.id, "too_large", msg)
+    t = req.tiles
+    if t is not None and (t.ndim != 4 or t.shape[3] != 3 or str(t.dtype) != "uint8"):
+        msg = f"tiles must be uint8 (T, H, W, 3), got {t.dtype} {tuple(t.shape)}"
+        return EngineResult.failed(req.id, "engine_error", msg)
+    if sum(tiles) != req.num_tiles:
+        msg = f"prompt expects {sum(tiles)} tiles but the request carries {req.num_tiles}"
+        return EngineResult.failed(req.id, "engine_error", msg)
+    return None
+
+
+def context_overflow(req: EngineRequest, num_prompt_tokens: int, max_model_len: int) -> EngineResult | None:
+    # At least one token must fit after the prompt.
+    if num_prompt_tokens < max_model_len:
+        return None
+    msg = (f"prompt is {num_prompt_tokens} tokens ({req.prompt.num_image_context_tokens} image tokens "
+           f"from {sum(req.prompt.tiles_per_image)} tiles); model.max_model_len={max_model_len}")
+    return EngineResult(id=req.id, status="context_overflow", error=msg, num_prompt_tokens=num_prompt_tokens)

@@ -1,0 +1,137 @@
+"""The reference engine: transformers' native InternVL, no remote code.
+
+It loads OpenGVLab's published layout by mapping tensor names at load time
+(checkpoint_layout.py), so it runs the very checkpoints vLLM runs. It is the fidelity
+oracle in tests (same tiles, same prompt: same greedy tokens as vLLM) and a fallback for
+machines without vLLM. One request at a time, greedy or sampled; not built for speed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from internvl_batch.engines.base import EngineRequest, EngineResult, check_request, context_overflow
+from internvl_batch.engines.model_path import resolve_model_path
+from internvl_batch.prompts import IMG_CONTEXT
+
+if TYPE_CHECKING:
+    from internvl_batch.config import ModelConfig, SamplingConfig
+
+_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def _local_dir(path: str) -> Path:
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+
+
+def _load_weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    index = model_dir / "model.safetensors.index.json"
+    shards = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
+    weights: dict = {}
+    for shard in shards:
+        weights.update(load_file(str(model_dir / shard)))
+    return weights
+
+
+def load_hf_model(model_dir: Path, dtype: str):
+    """InternVLForConditionalGeneration from either layout (original or transformers')."""
+    import torch
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    from internvl_batch.checkpoint_layout import map_state_dict, to_hf_layout
+
+    config = json.loads((model_dir / "config.json").read_text())
+    torch_dtype = getattr(torch, _DTYPES.get(dtype) or config.get("torch_dtype") or "bfloat16")
+    if config.get("model_type") != "internvl_chat":
+        return InternVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).eval()
+    from transformers import AutoTokenizer
+
+    image_token_id = AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids(IMG_CONTEXT)
+    hf_config, _ = to_hf_layout(config, {}, image_token_id=image_token_id)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # every weight is loaded below; skip the random init
+        model = InternVLForConditionalGeneration(InternVLConfig(**hf_config)).to(torch_dtype)
+    state = {k: v.to(torch_dtype) for k, v in map_state_dict(_load_weights(model_dir)).items()}
+    if hf_config["tie_word_embeddings"]:
+        state.setdefault("lm_head.weight", state["model.language_model.embed_tokens.weight"])
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+class HFEngine:
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError as e:
+            raise ImportError("the HF engine needs transformers and torch: pip install torch transformers") from e
+        self.model = model
+        self.default_sampling = sampling
+        model_dir = _local_dir(resolve_model_path(model.path, model.download_dir, model.storage_options))
+        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._model = load_hf_model(model_dir, model.dtype)
+
+    def _stop_ids(self, req: EngineRequest) -> list[int]:
+        vocab = self._tokenizer.get_vocab()
+        return [vocab[s] for s in req.prompt.stop if s in vocab]
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
+        return [self._generate_one(r) for r in requests]
+
+    def _generate_one(self, req: EngineRequest) -> EngineResult:
+        import torch
+
+        from internvl_batch.media.normalize import normalize_tiles
+
+        failed = check_request(req, self.model)
+        if failed is not None:
+            return failed
+        cfg = req.sampling or self.default_sampling
+        if cfg.json_schema is not None:
+            return EngineResult.failed(req.id, "engine_error", "the HF engine has no JSON-schema decoding; use vllm")
+        ids = self._tokenizer.encode(req.prompt.text, add_special_tokens=False)
+        overflow = context_overflow(req, len(ids), self.model.max_model_len)
+        if overflow is not None:
+            return overflow
+        inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        if req.num_tiles:
+            inputs["pixel_values"] = normalize_tiles(torch.from_numpy(req.tiles)).to(self._model.dtype)
+        sampled = cfg.temperature > 0
+        gen_kwargs = dict(
+            max_new_tokens=min(cfg.max_tokens, self.model.max_model_len - len(ids)),
+            do_sample=sampled,
+            eos_token_id=self._stop_ids(req) or None,
+            pad_token_id=self._tokenizer.pad_token_id,
+            repetition_penalty=cfg.repetition_penalty,
+        )
+        if sampled:
+            gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=max(cfg.top_k, 0))
+            if cfg.seed is not None:
+                torch.manual_seed(cfg.seed)
+        with torch.inference_mode():
+            out = self._model.generate(**inputs, **gen_kwargs)[0, len(ids) :].tolist()
+        stop_ids = set(gen_kwargs["eos_token_id"] or ())
+        finish = "stop" if out and out[-1] in stop_ids else "length"
+        return EngineResult(
+            id=req.id,
+            status="ok",
+            text=self._tokenizer.decode(out, skip_special_tokens=True),
+            finish_reason=finish,
+            num_prompt_tokens=len(ids),
+            num_output_tokens=len(out),
+            token_ids=tuple(out),
+        )
+
+    def shutdown(self) -> None:
+        self._model = None
