@@ -88,7 +88,18 @@ def _demo(args: argparse.Namespace) -> int:
 
     prepare_demo()
     args.config, args.dry_run = DEMO_CONFIG, False
-    return _run(args)
+    code = _run(args)
+    if code == 0:
+        import pyarrow.parquet as pq
+
+        from internvl_batch.config_loader import load_config
+
+        table = pq.read_table(load_config(DEMO_CONFIG, args.set).output.path)
+        print("\nsample of the output (tiny random model: the text is gibberish, the tokens are real):")
+        for row in table.select(["id", "task", "status", "response", "error"]).to_pylist()[:8]:
+            detail = row["response"] if row["status"] == "ok" else row["error"]
+            print(f"  {row['id']:>10} {row['task']:>8} {row['status']:>13}  {detail!r:.90}")
+    return code
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

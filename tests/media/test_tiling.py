@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from internvl_batch.media import card_reference as card
-from internvl_batch.media import tiling
+from internvl_batch.media import resample
 from internvl_batch.media.tiling import (
     TiledImage,
     normalize,
@@ -121,7 +121,7 @@ def test_select_grid_extreme_aspect_ratios(monkeypatch: pytest.MonkeyPatch) -> N
 
 def resize_like_pillow(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     out = np.empty((1, height, width, 3), np.uint8)
-    tiling._resize_into(tiling._ArrayRows(pixels), [tiling._Target(width, height, out, 1)])
+    resample.resize_into(resample.ArrayRows(pixels), [resample.Target(width, height, out, 1)])
     return out[0]
 
 
@@ -165,7 +165,7 @@ def test_tiles_match_card_on_large_images(size: tuple[int, int], max_num: int) -
 
 def test_tiles_match_card_when_row_crops_cannot_be_exported(monkeypatch: pytest.MonkeyPatch) -> None:
     # Crops too big for one Pillow block fall back to np.asarray (packed RGB rows).
-    monkeypatch.setattr(tiling, "_STREAM_ROWS", 10_000)
+    monkeypatch.setattr(resample, "_STREAM_ROWS", 10_000)
     assert_same_tiles(noise(4000, 3000), max_num=12)
 
 
