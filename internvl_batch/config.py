@@ -186,6 +186,11 @@ class JobConfig(_Strict):
                 f"preprocess.max_num={self.preprocess.max_num} exceeds model.max_dynamic_patch="
                 f"{self.model.max_dynamic_patch}: the engine would refuse those images"
             )
+        from internvl_batch.output import BASE_FIELDS
+
+        clash = {f.name for f in BASE_FIELDS}.intersection(self.input.passthrough)
+        if clash:
+            raise ValueError(f"input.passthrough: {sorted(clash)} clash with output columns; rename them")
         frames = self.preprocess.video.num_segments
         if frames > self.model.max_images_per_prompt:
             raise ValueError(

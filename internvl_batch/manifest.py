@@ -55,7 +55,7 @@ def manifest_files(cfg: InputConfig) -> tuple[Any, list[str]]:
     if any(c in root for c in "*?["):
         files = sorted(fs.glob(root))
     elif fs.isdir(root):
-        files = sorted(p for p in fs.find(root) if any(p.endswith(e) for e in _EXTENSIONS))
+        files = sorted(p for p in fs.find(root) if any(p.endswith((e, e + ".gz")) for e in _EXTENSIONS))
     elif fs.exists(root):
         files = [root]
     else:
@@ -79,11 +79,19 @@ def _records(fs: Any, path: str, fmt: str) -> Iterator[tuple[int, dict[str, Any]
                     continue
                 yield n, rec if isinstance(rec, dict) else f"line {n} is not a JSON object"
         return
-    import pyarrow.csv as pcsv
+    if fmt == "csv":
+        import csv
+
+        # Every value stays the string it is in the file: type guessing would turn id
+        # "007" into 7.
+        with fs.open(path, "rt", compression="infer", newline="") as f:
+            for n, rec in enumerate(csv.DictReader(f), start=1):
+                yield n, {k: (v if v != "" else None) for k, v in rec.items()}
+        return
     import pyarrow.parquet as pq
 
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f) if fmt == "parquet" else pcsv.read_csv(f)
+    with fs.open(path, "rb", compression="infer") as f:
+        table = pq.read_table(f)
     for n, rec in enumerate(table.to_pylist(), start=1):
         yield n, rec
 
@@ -155,8 +163,9 @@ def read_manifest(cfg: InputConfig) -> list[ManifestRow]:
                 rows.append(ManifestRow(id=fallback, error=rec))
             else:
                 row = parse_row(rec, cfg, fallback)
-                if row.error is None and row.id in seen:
-                    row.error = f"duplicate {cfg.id_column} {row.id!r}: only its first row is processed"
+                if row.id in seen:  # valid or not: two output rows must never share a key
+                    dup = f"duplicate {cfg.id_column} {row.id!r}: only its first row is processed"
+                    row.error = dup if row.error is None else f"{dup}; {row.error}"
                     row.id = f"{row.id}#dup@{path}#{n}"
                 seen.add(row.id)
                 rows.append(row)

@@ -86,9 +86,11 @@ class OutputDir:
         for path in self.part_files():
             with self.fs.open(path, "rb") as f:
                 t = pq.read_table(f, columns=_KEY_COLUMNS)
-            tables.append(t.append_column("file", pa.array([path] * t.num_rows, pa.string())))
+            t = t.append_column("file", pa.array([path] * t.num_rows, pa.string()))
+            tables.append(t.append_column("row", pa.array(range(t.num_rows), pa.int64())))
         if not tables:
-            return pa.table({c: pa.array([], pa.string()) for c in [*_KEY_COLUMNS, "file"]})
+            empty = {c: pa.array([], pa.string()) for c in [*_KEY_COLUMNS, "file"]}
+            return pa.table({**empty, "row": pa.array([], pa.int64())})
         return pa.concat_tables(tables)
 
     def done_keys(self, retry_failed: bool) -> set[tuple[str, str]]:
@@ -105,16 +107,14 @@ class OutputDir:
             rank = (k["status"] == "ok", k["run_id"], k["file"])
             if cur is None or rank > (cur["status"] == "ok", cur["run_id"], cur["file"]):
                 best[key] = k
-        losers: dict[str, list[tuple[str, str]]] = {}
+        losers: dict[str, set[int]] = {}  # file -> row positions to drop
         for k in keys:
             if best[(k["id"], k["task"])] is not k:
-                losers.setdefault(k["file"], []).append((k["id"], k["task"]))
+                losers.setdefault(k["file"], set()).add(k["row"])
         for path, drop in losers.items():
             with self.fs.open(path, "rb") as f:
                 table = pq.read_table(f)
-            dropped = set(drop)
-            mask = [(i, t) not in dropped for i, t in zip(table["id"].to_pylist(), table["task"].to_pylist())]
-            kept = table.filter(pa.array(mask))
+            kept = table.filter(pa.array([i not in drop for i in range(table.num_rows)]))
             name = path.rsplit("/", 1)[-1]
             if kept.num_rows:
                 self.write_atomic(name, kept)
