@@ -305,9 +305,7 @@ def test_cli_validate_invalid_yaml_override_exits_2(demo_yaml, capsys):
     assert "task.1.prompt" in capsys.readouterr().err
 
 
-def test_passthrough_clashing_with_output_columns_is_a_config_error(tmp_path):
-    from internvl_batch.config import JobConfig
-
+def test_passthrough_clashing_with_output_columns_is_a_config_error():
     data = {"input": {"path": "m.jsonl", "passthrough": ["status"]}, "model": {"path": "x"},
             "task": {"name": "c", "preset": "short_caption"}, "output": {"path": "o"}}
     with pytest.raises(ValueError, match="input.passthrough.*status"):
