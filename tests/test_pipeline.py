@@ -128,7 +128,7 @@ def _part_files(out: Path) -> list[Path]:
     return sorted(out.glob("part-*.parquet"))
 
 
-def test_killed_job_resumes_exactly_once_and_retry_failed_redoes_failures(tiny_model_dir, tmp_path):
+def test_killed_job_resumes_exactly_once_and_retry_failed_redoes_failures(tiny_model_dir, tmp_path, ray_cluster):
     media = tmp_path / "media"
     media.mkdir()
     rows = []
@@ -162,30 +162,25 @@ def test_killed_job_resumes_exactly_once_and_retry_failed_redoes_failures(tiny_m
     assert not (out / "_SUCCESS").exists()
     assert not list(out.glob(".*.tmp"))  # nothing half-written is visible
 
-    import ray
+    # resume, then retry_failed, in this process on the module's Ray cluster
+    resumed = run_job(JobConfig.model_validate(job))
+    assert resumed.finished
+    assert resumed.written_this_run == 26 - sum(pq.read_metadata(out / n).num_rows for n in killed)
+    assert all((out / n).read_bytes() == data for n, data in killed.items())  # earlier parts untouched
+    table = pq.read_table(out)
+    keys = Counter(zip(table["id"].to_pylist(), table["task"].to_pylist()))
+    assert len(keys) == 26 and set(keys.values()) == {1}
+    status = dict(zip(zip(table["id"].to_pylist(), table["task"].to_pylist()), table["status"].to_pylist()))
+    assert status[("late", "caption")] == "fetch_error"
 
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        resumed = run_job(JobConfig.model_validate(job))
-        assert resumed.finished
-        assert resumed.written_this_run == 26 - sum(pq.read_metadata(out / n).num_rows for n in killed)
-        assert all((out / n).read_bytes() == data for n, data in killed.items())  # earlier parts untouched
-        table = pq.read_table(out)
-        keys = Counter(zip(table["id"].to_pylist(), table["task"].to_pylist()))
-        assert len(keys) == 26 and set(keys.values()) == {1}
-        status = dict(zip(zip(table["id"].to_pylist(), table["task"].to_pylist()), table["status"].to_pylist()))
-        assert status[("late", "caption")] == "fetch_error"
-
-        sample_image(seed=99, size=(300, 300)).save(late)
-        retried = run_job(JobConfig.model_validate({**job, "runtime": {**job["runtime"], "retry_failed": True}}))
-        assert retried.finished and retried.todo_rows == 2
-        table = pq.read_table(out)
-        keys = Counter(zip(table["id"].to_pylist(), table["task"].to_pylist()))
-        assert len(keys) == 26 and set(keys.values()) == {1}
-        assert set(table["status"].to_pylist()) == {"ok"}
-        assert json.loads((out / "_SUCCESS").read_text())["status_counts"] == {"ok": 26}
-    finally:
-        ray.shutdown()
+    sample_image(seed=99, size=(300, 300)).save(late)
+    retried = run_job(JobConfig.model_validate({**job, "runtime": {**job["runtime"], "retry_failed": True}}))
+    assert retried.finished and retried.todo_rows == 2
+    table = pq.read_table(out)
+    keys = Counter(zip(table["id"].to_pylist(), table["task"].to_pylist()))
+    assert len(keys) == 26 and set(keys.values()) == {1}
+    assert set(table["status"].to_pylist()) == {"ok"}
+    assert json.loads((out / "_SUCCESS").read_text())["status_counts"] == {"ok": 26}
 
 
 def test_dry_run_plans_without_running(tiny_model_dir, tmp_path, capsys):
