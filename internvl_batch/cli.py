@@ -89,6 +89,9 @@ def _demo(args: argparse.Namespace) -> int:
     prepare_demo()
     args.config, args.dry_run = DEMO_CONFIG, False
     code = _run(args)
+    import ray
+
+    ray.shutdown()  # first, so the replicas' shutdown logs don't bury the sample below
     if code == 0:
         import pyarrow.parquet as pq
 
