@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from internvl_batch.config import JobConfig
+from internvl_batch.engines.replica import replica_resources
 from internvl_batch.manifest import ManifestRow, read_manifest
 from internvl_batch.output import OutputDir, PartWriter, new_run_id, output_schema
 from internvl_batch.stages.base import StageResources
@@ -56,8 +57,10 @@ def work_items(rows: list[ManifestRow], tasks: list[str], done: set[tuple[str, s
 def stage_resources(cfg: JobConfig) -> tuple[StageResources, StageResources]:
     rt = cfg.runtime
     pre = StageResources(num_cpus=rt.cpus_per_worker, concurrency=rt.cpu_workers, batch_size=rt.preprocess_batch_size)
-    gpus = cfg.model.tensor_parallel_size if rt.use_gpu else 0
-    inf = StageResources(num_cpus=rt.engine_cpus, num_gpus=gpus, concurrency=rt.replicas, batch_size=rt.engine_batch_size)
+    replica = replica_resources(cfg.model, use_gpu=rt.use_gpu, num_cpus=rt.engine_cpus)
+    inf = StageResources(
+        num_cpus=replica.num_cpus, num_gpus=replica.num_gpus, concurrency=rt.replicas, batch_size=rt.engine_batch_size
+    )
     return pre, inf
 
 

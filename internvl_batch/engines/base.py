@@ -64,6 +64,11 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
+def stop_token_ids(vocab: dict[str, int], stop: Sequence[str]) -> list[int]:
+    """The ids of the prompt's stop strings that are single tokens of this tokenizer."""
+    return [vocab[s] for s in stop if s in vocab]
+
+
 def build_engine(model: ModelConfig, sampling: SamplingConfig) -> Engine:
     if model.engine == "vllm":
         from internvl_batch.engines.vllm import VLLMEngine

@@ -13,7 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from internvl_batch.engines.base import EngineRequest, EngineResult, check_request, context_overflow
+from internvl_batch.engines.base import (
+    EngineRequest,
+    EngineResult,
+    check_request,
+    context_overflow,
+    stop_token_ids,
+)
 from internvl_batch.engines.model_path import resolve_model_path
 from internvl_batch.prompts import IMG_CONTEXT
 
@@ -82,10 +88,6 @@ class HFEngine:
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self._model = load_hf_model(model_dir, model.dtype)
 
-    def _stop_ids(self, req: EngineRequest) -> list[int]:
-        vocab = self._tokenizer.get_vocab()
-        return [vocab[s] for s in req.prompt.stop if s in vocab]
-
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
         return [self._generate_one(r) for r in requests]
 
@@ -111,7 +113,7 @@ class HFEngine:
         gen_kwargs = dict(
             max_new_tokens=min(cfg.max_tokens, self.model.max_model_len - len(ids)),
             do_sample=sampled,
-            eos_token_id=self._stop_ids(req) or None,
+            eos_token_id=stop_token_ids(self._tokenizer.get_vocab(), req.prompt.stop) or None,
             pad_token_id=self._tokenizer.pad_token_id,
             repetition_penalty=cfg.repetition_penalty,
         )

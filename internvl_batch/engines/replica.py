@@ -44,9 +44,6 @@ class EngineReplica:
     def shutdown(self) -> None:
         self._engine.shutdown()
 
-    def ready(self) -> bool:
-        return True
-
 
 def start_replica(model: ModelConfig, sampling: SamplingConfig, *, use_gpu: bool):
     """A Ray actor holding one replica (Ray must be initialised)."""

@@ -17,6 +17,7 @@ from internvl_batch.engines.base import (
     EngineResult,
     check_request,
     context_overflow,
+    stop_token_ids,
 )
 from internvl_batch.engines.model_path import resolve_model_path
 from internvl_batch.vllm_plugin import PRETILED_ARCHITECTURE
@@ -87,8 +88,7 @@ class VLLMEngine:
 
     # -- sampling ---------------------------------------------------------------------
     def _stop_token_ids(self, stop: Sequence[str]) -> list[int]:
-        vocab = self._tokenizer.get_vocab()
-        return [vocab[s] for s in stop if s in vocab]
+        return stop_token_ids(self._tokenizer.get_vocab(), stop)
 
     def sampling_params(self, req: EngineRequest):
         from vllm import SamplingParams
