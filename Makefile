@@ -12,12 +12,21 @@ export DO_NOT_TRACK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export KUBERAY_CRD_DIR ?= $(abspath $(CURDIR)/../shared/kuberay-crds)
 
-.PHONY: setup demo test
+.PHONY: setup demo test lint format
 setup:
 	@bash scripts/setup-env.sh
 
 demo: setup
 	$(VENV)/bin/internvl-batch demo
 
-test: setup
+# Lint and format are part of the test command, so CI enforces them.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -33,31 +33,49 @@ def main() -> None:
     import numpy as np
 
     from internvl_batch.config import ModelConfig, SamplingConfig
+    from internvl_batch.devtools.card_reference import dynamic_preprocess
+    from internvl_batch.devtools.sample_media import sample_image
+    from internvl_batch.devtools.tiny_model import make_tiny_model
     from internvl_batch.engines.base import EngineRequest
-    from internvl_batch.engines.vllm import VLLMEngine
-    from internvl_batch.media.card_reference import dynamic_preprocess
-    from internvl_batch.prompts import build_prompt
-    from internvl_batch.smoke import sample_image
-    from internvl_batch.tiny_model import make_tiny_model
+    from internvl_batch.engines.vllm.engine import VLLMEngine
+    from internvl_batch.model.prompts import build_prompt
 
     if not os.path.exists(os.path.join(args.model, "config.json")):
         make_tiny_model(args.model)
     images = [sample_image(seed=i, size=(1024, 768)) for i in range(args.images)]
     t0 = time.perf_counter()
-    tiles = [np.stack([np.asarray(t) for t in dynamic_preprocess(im, max_num=args.max_num, use_thumbnail=True)]) for im in images]
+    tiles = [
+        np.stack([np.asarray(t) for t in dynamic_preprocess(im, max_num=args.max_num, use_thumbnail=True)])
+        for im in images
+    ]
     tiling_ms = (time.perf_counter() - t0) * 1000 / len(images)
     sampling = SamplingConfig(max_tokens=args.max_tokens)
-    model = ModelConfig(path=args.model, dtype="float32", max_model_len=4096, max_num_seqs=args.images,
-                        max_dynamic_patch=args.max_num, enforce_eager=True, cpu_kvcache_gib=2)
+    model = ModelConfig(
+        path=args.model,
+        dtype="float32",
+        max_model_len=4096,
+        max_num_seqs=args.images,
+        max_dynamic_patch=args.max_num,
+        enforce_eager=True,
+        cpu_kvcache_gib=2,
+    )
     engine = VLLMEngine(model, sampling)
     try:
         from vllm import SamplingParams
 
         # ignore_eos: both paths decode exactly max_tokens, so token rates compare
         params = SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)
+
         def pretiled(round_id: int):
-            reqs = [EngineRequest(id=str(i), prompt=build_prompt("Describe the image.", [len(t)]), tiles=t,
-                                  media_key=f"r{round_id}-{i}") for i, t in enumerate(tiles)]
+            reqs = [
+                EngineRequest(
+                    id=str(i),
+                    prompt=build_prompt("Describe the image.", [len(t)]),
+                    tiles=t,
+                    media_key=f"r{round_id}-{i}",
+                )
+                for i, t in enumerate(tiles)
+            ]
             inputs = [engine._vllm_input(r) for r in reqs]
             outs = engine._llm.generate(inputs, params, use_tqdm=False)
             return sum(len(o.outputs[0].token_ids) for o in outs)
@@ -70,8 +88,9 @@ def main() -> None:
                 im.putpixel((0, 0), (round_id % 256, 7, 7))
                 ims.append(im)
             prompt = build_prompt("Describe the image.", [1]).with_placeholders
-            outs = engine._llm.generate([{"prompt": prompt, "multi_modal_data": {"image": im}} for im in ims],
-                                        params, use_tqdm=False)
+            outs = engine._llm.generate(
+                [{"prompt": prompt, "multi_modal_data": {"image": im}} for im in ims], params, use_tqdm=False
+            )
             return sum(len(o.outputs[0].token_ids) for o in outs)
 
         pretiled(-1), stock(-1)  # warm-up both paths
@@ -87,14 +106,18 @@ def main() -> None:
         engine.shutdown()
 
     n = len(images)
-    print(f"\n{n} images 1024x768, max_num={args.max_num} ({len(tiles[0])} tiles each), "
-          f"{args.max_tokens} output tokens each, best of {args.rounds}")
+    print(
+        f"\n{n} images 1024x768, max_num={args.max_num} ({len(tiles[0])} tiles each), "
+        f"{args.max_tokens} output tokens each, best of {args.rounds}"
+    )
     print(f"{'path':18} {'images/s':>9} {'out tok/s':>10} {'front-end CPU ms/image':>23}")
     for name, (cpu, wall, toks) in rows.items():
         print(f"{name:18} {n / wall:9.2f} {toks / wall:10.1f} {cpu * 1000 / n:23.1f}")
     (pc, pw, _), (sc, sw, _) = rows["pre-tiled uint8"], rows["PIL, vLLM tiles"]
-    print(f"ratio pre-tiled/stock: throughput {sw / pw:.2f}x, front-end CPU per image {pc / sc:.2f}x "
-          f"(card tiling on a CPU worker, outside the engine: {tiling_ms:.1f} ms/image)")
+    print(
+        f"ratio pre-tiled/stock: throughput {sw / pw:.2f}x, front-end CPU per image {pc / sc:.2f}x "
+        f"(card tiling on a CPU worker, outside the engine: {tiling_ms:.1f} ms/image)"
+    )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,9 @@ def bare_engine(cfg, images: list[Path]) -> float:
     from PIL import Image
 
     from internvl_batch.engines.base import EngineRequest
-    from internvl_batch.engines.vllm import VLLMEngine
+    from internvl_batch.engines.vllm.engine import VLLMEngine
     from internvl_batch.media.tiling import tile_image
-    from internvl_batch.prompts import build_prompt
+    from internvl_batch.model.prompts import build_prompt
 
     task = cfg.task[0]
     tiles = [tile_image(Image.open(p).convert("RGB"), max_num=cfg.preprocess.max_num) for p in images]
@@ -94,8 +94,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from internvl_batch.config import JobConfig
-    from internvl_batch.smoke import sample_image
-    from internvl_batch.tiny_model import make_tiny_model
+    from internvl_batch.devtools.sample_media import sample_image
+    from internvl_batch.devtools.tiny_model import make_tiny_model
 
     if not os.path.exists(os.path.join(args.model, "config.json")):
         make_tiny_model(args.model)
@@ -111,8 +111,10 @@ def main() -> None:
 
     bare = bare_engine(cfg, images)
     ours = job(cfg)
-    print(f"\n{args.rows} JPEG rows 640x480, max_num={args.max_num}, {args.max_tokens} output tokens, "
-          f"engine batch {args.batch}, steady state (first batch excluded)")
+    print(
+        f"\n{args.rows} JPEG rows 640x480, max_num={args.max_num}, {args.max_tokens} output tokens, "
+        f"engine batch {args.batch}, steady state (first batch excluded)"
+    )
     print(f"bare engine, pre-tiled, plain loop : {bare:7.3f} rows/s")
     print(f"whole job (fetch+decode+tile+engine+parquet): {ours:7.3f} rows/s")
     print(f"ratio job / bare engine: {ours / bare:.2f}x")

@@ -27,8 +27,8 @@ import io  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from internvl_batch import preprocess  # noqa: E402
-from internvl_batch.media import card_reference as card  # noqa: E402
+from internvl_batch.devtools import card_reference as card  # noqa: E402
 from internvl_batch.media.tiling import tile_image  # noqa: E402
 
 CACHE = REPO / ".cache" / "bench"

@@ -11,33 +11,38 @@ DEFAULT_TINY_DIR = Path(".cache/tiny-internvl2_5")
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
-    from internvl_batch.tiny_model import make_tiny_model
+    from internvl_batch.devtools.tiny_model import make_tiny_model
 
     start = time.perf_counter()
     out = make_tiny_model(args.dir, seed=args.seed, fmt=args.format)
     size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"tiny InternVL2.5 checkpoint ({args.format}) in {out}: {size / 1e6:.2f} MB, "
-          f"built in {time.perf_counter() - start:.1f}s")
+    print(
+        f"tiny InternVL2.5 checkpoint ({args.format}) in {out}: {size / 1e6:.2f} MB, "
+        f"built in {time.perf_counter() - start:.1f}s"
+    )
     return 0
 
 
 def _ensure_tiny_model(model_dir: Path) -> Path:
     if not (model_dir / "config.json").exists():
-        from internvl_batch.tiny_model import make_tiny_model
+        from internvl_batch.devtools.tiny_model import make_tiny_model
 
         make_tiny_model(model_dir)
     return model_dir
 
 
 def _smoke(args: argparse.Namespace) -> int:
-    from internvl_batch import smoke
+    from internvl_batch.devtools import smoke
+    from internvl_batch.devtools.sample_media import sample_image
 
     model = args.model or _ensure_tiny_model(DEFAULT_TINY_DIR)
-    images = [smoke.sample_image(seed=i) for i in range(2)]
+    images = [sample_image(seed=i) for i in range(2)]
     start = time.perf_counter()
     results = smoke.generate(model, images, args.question, max_tokens=args.max_tokens)
-    print(f"vLLM generated for {len(images)} images in {time.perf_counter() - start:.1f}s "
-          f"(engine start included), model={model}")
+    print(
+        f"vLLM generated for {len(images)} images in {time.perf_counter() - start:.1f}s "
+        f"(engine start included), model={model}"
+    )
     for i, r in enumerate(results):
         print(f"image {i}: prompt_tokens={r.num_prompt_tokens} token_ids={list(r.token_ids)}")
         print(f"image {i}: text={r.text!r}")
@@ -45,7 +50,7 @@ def _smoke(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from internvl_batch.config_loader import ConfigError, load_config
+    from internvl_batch.config.loader import ConfigError, load_config
 
     try:
         return load_config(args.config, args.set)
@@ -58,11 +63,13 @@ def _validate(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
-    print(f"config ok: {len(cfg.task)} task(s) {[t.name for t in cfg.task]}, model {cfg.model.path}, "
-          f"output {cfg.output.path}")
+    print(
+        f"config ok: {len(cfg.task)} task(s) {[t.name for t in cfg.task]}, model {cfg.model.path}, "
+        f"output {cfg.output.path}"
+    )
     if args.config_only:
         return 0
-    from internvl_batch.manifest import ManifestError, sample_manifest
+    from internvl_batch.job.manifest import ManifestError, sample_manifest
 
     try:
         report = sample_manifest(cfg.input, cfg.preprocess, n=args.sample)
@@ -77,14 +84,14 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
-    from internvl_batch.pipeline import run_job
+    from internvl_batch.job.runner import run_job
 
     summary = run_job(cfg, dry_run=args.dry_run)
     return 0 if summary.finished else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from internvl_batch.demo import DEMO_CONFIG, prepare_demo
+    from internvl_batch.devtools.demo import DEMO_CONFIG, prepare_demo
 
     prepare_demo()
     args.config, args.dry_run = DEMO_CONFIG, False
@@ -95,7 +102,7 @@ def _demo(args: argparse.Namespace) -> int:
     if code == 0:
         import pyarrow.parquet as pq
 
-        from internvl_batch.config_loader import load_config
+        from internvl_batch.config.loader import load_config
 
         table = pq.read_table(load_config(DEMO_CONFIG, args.set).output.path)
         print("\nsample of the output (tiny random model: the text is gibberish, the tokens are real):")
@@ -107,8 +114,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="job config YAML (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set output.path=/tmp/x (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set output.path=/tmp/x (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

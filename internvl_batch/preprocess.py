@@ -7,7 +7,7 @@ a single lookup pass. Module import stays light (no torch, numba or decord until
 
 from __future__ import annotations
 
-from typing import IO, TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
     from os import PathLike
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    ImageSource = Union[str, "PathLike[str]", IO[bytes], Image.Image]
-    VideoSource = Union[str, "PathLike[str]", IO[bytes]]
+    ImageSource = str | PathLike[str] | IO[bytes] | Image.Image
+    VideoSource = str | PathLike[str] | IO[bytes]
 
 
 def load_image(source: ImageSource, input_size: int = 448, max_num: int = 12) -> torch.Tensor:
@@ -27,12 +27,13 @@ def load_image(source: ImageSource, input_size: int = 448, max_num: int = 12) ->
     """
     from PIL import Image
 
-    from internvl_batch.media.tiling import normalize, tile_image
+    from internvl_batch.media.normalize import to_pixel_values
+    from internvl_batch.media.tiling import tile_image
 
     image = source if isinstance(source, Image.Image) else Image.open(source)
     # convert('RGB') of an RGB image is a plain copy; skipping it changes no pixel.
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return normalize(tile_image(rgb, image_size=input_size, max_num=max_num))
+    return to_pixel_values(tile_image(rgb, image_size=input_size, max_num=max_num))
 
 
 def load_video(
@@ -49,9 +50,10 @@ def load_video(
     """
     import numpy as np
 
-    from internvl_batch.media.tiling import normalize, tile_array
+    from internvl_batch.media.normalize import to_pixel_values
+    from internvl_batch.media.tiling import tile_array
     from internvl_batch.media.video import sample_frames
 
     frames, _ = sample_frames(source, bound=bound, num_segments=num_segments)
     tiles = [tile_array(frame, image_size=input_size, max_num=max_num) for frame in frames]
-    return normalize(np.concatenate(tiles)), [len(t) for t in tiles]
+    return to_pixel_values(np.concatenate(tiles)), [len(t) for t in tiles]

@@ -26,7 +26,7 @@ $VENV/bin/python -m pip uninstall -q -y torchaudio torchcodec || true
 
 # PyPI's torchvision is CUDA-linked too; see internvl_batch/_torchvision_cpu.py.
 site=$($VENV/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-echo 'import internvl_batch._torchvision_cpu as m; m.install()' > "$site/internvl_batch_torchvision_cpu.pth"
+echo 'import internvl_batch.engines.vllm.torchvision_cpu as m; m.install()' > "$site/internvl_batch_torchvision_cpu.pth"
 
 $VENV/bin/python -c 'import torchvision.transforms, vllm, ray, decord; print("environment ok: vllm", vllm.__version__, "ray", ray.__version__)'
 echo "$want" > "$STAMP"

@@ -1,6 +1,6 @@
 import pytest
 
-from internvl_batch.tiny_model import make_tiny_model
+from internvl_batch.devtools.tiny_model import make_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from internvl_batch import preprocess
-from internvl_batch.media import card_reference as card
+from internvl_batch.devtools import card_reference as card
 
 SKIMAGE_DATA = Path(importlib.util.find_spec("skimage").submodule_search_locations[0]) / "data"
 
@@ -65,9 +65,7 @@ def test_load_image_other_input_size() -> None:
     assert torch.equal(ours, card.load_image(path, input_size=224, max_num=6))
 
 
-@pytest.mark.parametrize(
-    "size", [(1024, 768), (4000, 3000), (5000, 400), (300, 2000)], ids=lambda s: f"{s[0]}x{s[1]}"
-)
+@pytest.mark.parametrize("size", [(1024, 768), (4000, 3000), (5000, 400), (300, 2000)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_load_image_matches_card_on_resized_jpegs(tmp_path: Path, size: tuple[int, int]) -> None:
     # Photo content at typical camera and panorama sizes, through the JPEG decoder.
     path = tmp_path / "photo.jpg"

@@ -1,8 +1,26 @@
 """Model replicas: engines take preprocessed requests and return results.
 
-They know nothing of Ray or manifests. `build_engine` picks one from the config.
+They know nothing of Ray, shards or manifests. `build_engine` picks one from the config;
+the engine modules are imported only when built (they import torch / vLLM).
 """
 
-from internvl_batch.engines.base import Engine, EngineRequest, EngineResult, build_engine
+from __future__ import annotations
 
-__all__ = ["Engine", "EngineRequest", "EngineResult", "build_engine"]
+from typing import TYPE_CHECKING
+
+from internvl_batch.engines.base import Engine, EngineFatalError, EngineRequest, EngineResult
+
+if TYPE_CHECKING:
+    from internvl_batch.config import ModelConfig, SamplingConfig
+
+__all__ = ["Engine", "EngineFatalError", "EngineRequest", "EngineResult", "build_engine"]
+
+
+def build_engine(model: ModelConfig, sampling: SamplingConfig) -> Engine:
+    if model.engine == "vllm":
+        from internvl_batch.engines.vllm.engine import VLLMEngine
+
+        return VLLMEngine(model, sampling)
+    from internvl_batch.engines.hf import HFEngine
+
+    return HFEngine(model, sampling)

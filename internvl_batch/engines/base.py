@@ -1,19 +1,18 @@
-"""The engine interface: built once from config, `generate(requests)`, explicit `shutdown()`."""
+"""What every engine shares: requests, results, the protocol, and the per-request checks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from internvl_batch.prompts import Prompt
+from internvl_batch.model.prompts import Prompt
+from internvl_batch.status import Status
 
 if TYPE_CHECKING:
     import numpy as np
 
     from internvl_batch.config import ModelConfig, SamplingConfig
-
-ResultStatus = Literal["ok", "too_large", "context_overflow", "engine_error"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class EngineRequest:
 @dataclass(frozen=True)
 class EngineResult:
     id: str
-    status: ResultStatus
+    status: Status
     text: str | None = None
     finish_reason: str | None = None
     num_prompt_tokens: int | None = None
@@ -48,7 +47,7 @@ class EngineResult:
     error: str | None = None
 
     @classmethod
-    def failed(cls, request_id: str, status: ResultStatus, error: str) -> EngineResult:
+    def failed(cls, request_id: str, status: Status, error: str) -> EngineResult:
         return cls(id=request_id, status=status, error=error)
 
 
@@ -69,34 +68,26 @@ def stop_token_ids(vocab: dict[str, int], stop: Sequence[str]) -> list[int]:
     return [vocab[s] for s in stop if s in vocab]
 
 
-def build_engine(model: ModelConfig, sampling: SamplingConfig) -> Engine:
-    if model.engine == "vllm":
-        from internvl_batch.engines.vllm import VLLMEngine
-
-        return VLLMEngine(model, sampling)
-    from internvl_batch.engines.hf import HFEngine
-
-    return HFEngine(model, sampling)
-
-
 def check_request(req: EngineRequest, model: ModelConfig) -> EngineResult | None:
     """The failed result for a request the engine can't take, or None. Shared by engines."""
     tiles = req.prompt.tiles_per_image
     if len(tiles) > model.max_images_per_prompt:
         msg = f"{len(tiles)} images/frames exceed model.max_images_per_prompt={model.max_images_per_prompt}"
-        return EngineResult.failed(req.id, "too_large", msg)
+        return EngineResult.failed(req.id, Status.TOO_LARGE, msg)
     # max_dynamic_patch tiles plus the thumbnail
     if tiles and max(tiles) > model.max_dynamic_patch + 1:
-        msg = (f"an image has {max(tiles)} tiles; model.max_dynamic_patch={model.max_dynamic_patch} "
-               f"allows {model.max_dynamic_patch + 1} with the thumbnail")
-        return EngineResult.failed(req.id, "too_large", msg)
+        msg = (
+            f"an image has {max(tiles)} tiles; model.max_dynamic_patch={model.max_dynamic_patch} "
+            f"allows {model.max_dynamic_patch + 1} with the thumbnail"
+        )
+        return EngineResult.failed(req.id, Status.TOO_LARGE, msg)
     t = req.tiles
     if t is not None and (t.ndim != 4 or t.shape[3] != 3 or str(t.dtype) != "uint8"):
         msg = f"tiles must be uint8 (T, H, W, 3), got {t.dtype} {tuple(t.shape)}"
-        return EngineResult.failed(req.id, "engine_error", msg)
+        return EngineResult.failed(req.id, Status.ENGINE_ERROR, msg)
     if sum(tiles) != req.num_tiles:
         msg = f"prompt expects {sum(tiles)} tiles but the request carries {req.num_tiles}"
-        return EngineResult.failed(req.id, "engine_error", msg)
+        return EngineResult.failed(req.id, Status.ENGINE_ERROR, msg)
     return None
 
 
@@ -104,6 +95,8 @@ def context_overflow(req: EngineRequest, num_prompt_tokens: int, max_model_len: 
     # At least one token must fit after the prompt.
     if num_prompt_tokens < max_model_len:
         return None
-    msg = (f"prompt is {num_prompt_tokens} tokens ({req.prompt.num_image_context_tokens} image tokens "
-           f"from {sum(req.prompt.tiles_per_image)} tiles); model.max_model_len={max_model_len}")
-    return EngineResult(id=req.id, status="context_overflow", error=msg, num_prompt_tokens=num_prompt_tokens)
+    msg = (
+        f"prompt is {num_prompt_tokens} tokens ({req.prompt.num_image_context_tokens} image tokens "
+        f"from {sum(req.prompt.tiles_per_image)} tiles); model.max_model_len={max_model_len}"
+    )
+    return EngineResult(id=req.id, status=Status.CONTEXT_OVERFLOW, error=msg, num_prompt_tokens=num_prompt_tokens)

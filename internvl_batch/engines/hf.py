@@ -21,7 +21,8 @@ from internvl_batch.engines.base import (
     stop_token_ids,
 )
 from internvl_batch.engines.model_path import resolve_model_path
-from internvl_batch.prompts import IMG_CONTEXT
+from internvl_batch.model.prompts import IMG_CONTEXT
+from internvl_batch.status import Status
 
 if TYPE_CHECKING:
     from internvl_batch.config import ModelConfig, SamplingConfig
@@ -55,7 +56,7 @@ def load_hf_model(model_dir: Path, dtype: str):
     import torch
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
-    from internvl_batch.checkpoint_layout import map_state_dict, to_hf_layout
+    from internvl_batch.model.layout import map_state_dict, to_hf_layout
 
     config = json.loads((model_dir / "config.json").read_text())
     torch_dtype = getattr(torch, _DTYPES.get(dtype) or config.get("torch_dtype") or "bfloat16")
@@ -101,7 +102,9 @@ class HFEngine:
             return failed
         cfg = req.sampling or self.default_sampling
         if cfg.json_schema is not None:
-            return EngineResult.failed(req.id, "engine_error", "the HF engine has no JSON-schema decoding; use vllm")
+            return EngineResult.failed(
+                req.id, Status.ENGINE_ERROR, "the HF engine has no JSON-schema decoding; use vllm"
+            )
         ids = self._tokenizer.encode(req.prompt.text, add_special_tokens=False)
         overflow = context_overflow(req, len(ids), self.model.max_model_len)
         if overflow is not None:
@@ -127,7 +130,7 @@ class HFEngine:
         finish = "stop" if out and out[-1] in stop_ids else "length"
         return EngineResult(
             id=req.id,
-            status="ok",
+            status=Status.OK,
             text=self._tokenizer.decode(out, skip_special_tokens=True),
             finish_reason=finish,
             num_prompt_tokens=len(ids),

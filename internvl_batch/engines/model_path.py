@@ -25,7 +25,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("INTERNVL_BATCH_MODEL_CACHE", Path.home() / ".cache" / "internvl-batch" / "models"))
 
 
-def resolve_model_path(path: str, download_dir: str | None = None, storage_options: dict[str, Any] | None = None) -> str:
+def resolve_model_path(
+    path: str, download_dir: str | None = None, storage_options: dict[str, Any] | None = None
+) -> str:
     scheme = _scheme(path)
     if scheme in _LOCAL_SCHEMES:
         return path.removeprefix("file://")

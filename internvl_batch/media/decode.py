@@ -11,9 +11,43 @@ from internvl_batch.media.errors import DecodeError, EmptyMedia, NotAnImage, Too
 # Ghostscript on untrusted PostScript), WMF, the BUFR/GRIB/HDF5 stubs and MPEG (identify
 # only). The same list vLLM accepts for multimodal inputs.
 SAFE_IMAGE_FORMATS: tuple[str, ...] = (
-    "AVIF", "BLP", "BMP", "CUR", "DCX", "DDS", "DIB", "FITS", "FLI", "FTEX", "GBR", "GIF", "ICNS",
-    "ICO", "IM", "IMT", "IPTC", "JPEG", "JPEG2000", "MCIDAS", "MSP", "PCD", "PCX", "PIXAR", "PNG",
-    "PPM", "PSD", "QOI", "SGI", "SPIDER", "SUN", "TGA", "TIFF", "WEBP", "XBM", "XPM", "XVTHUMB",
+    "AVIF",
+    "BLP",
+    "BMP",
+    "CUR",
+    "DCX",
+    "DDS",
+    "DIB",
+    "FITS",
+    "FLI",
+    "FTEX",
+    "GBR",
+    "GIF",
+    "ICNS",
+    "ICO",
+    "IM",
+    "IMT",
+    "IPTC",
+    "JPEG",
+    "JPEG2000",
+    "MCIDAS",
+    "MSP",
+    "PCD",
+    "PCX",
+    "PIXAR",
+    "PNG",
+    "PPM",
+    "PSD",
+    "QOI",
+    "SGI",
+    "SPIDER",
+    "SUN",
+    "TGA",
+    "TIFF",
+    "WEBP",
+    "XBM",
+    "XPM",
+    "XVTHUMB",
 )
 
 
@@ -23,17 +57,18 @@ class DecodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_pixels: int = Field(
-        100_000_000, gt=0,
+        100_000_000,
+        gt=0,
         description="Largest width*height decoded, checked from the header before any pixel is decoded "
-                    "(decompression bombs give status too_large). Pillow's process-wide bomb check "
-                    "(2 * PIL.Image.MAX_IMAGE_PIXELS, 179 MP by default) still applies above this; it is "
-                    "never changed here.",
+        "(decompression bombs give status too_large). Pillow's process-wide bomb check "
+        "(2 * PIL.Image.MAX_IMAGE_PIXELS, 179 MP by default) still applies above this; it is "
+        "never changed here.",
     )
     exif_transpose: bool = Field(
         True,
         description="Rotate/flip by the EXIF Orientation tag, as phone cameras need and as vLLM's own image "
-                    "loader does. The model card's load_image does not; set false to match it exactly "
-                    "for images that carry an orientation.",
+        "loader does. The model card's load_image does not; set false to match it exactly "
+        "for images that carry an orientation.",
     )
     formats: tuple[str, ...] = Field(
         SAFE_IMAGE_FORMATS,
@@ -75,9 +110,7 @@ def decode_image(data: bytes, cfg: DecodeConfig, *, source: str = "") -> Image.I
 
     width, height = img.size
     if width * height > cfg.max_pixels:
-        raise TooLarge(
-            f"{name}: {width}x{height} = {width * height} pixels exceeds decode.max_pixels={cfg.max_pixels}"
-        )
+        raise TooLarge(f"{name}: {width}x{height} = {width * height} pixels exceeds decode.max_pixels={cfg.max_pixels}")
     try:
         img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -11,18 +11,20 @@ Constructors take only the message: exceptions cross process boundaries in Ray, 
 
 from typing import ClassVar
 
+from internvl_batch.status import Status
+
 
 class MediaError(Exception):
-    """Base class; never raised itself. `status` is the output row's status string."""
+    """Base class; never raised itself. `status` is the output row's status."""
 
-    status: ClassVar[str] = "media_error"
+    status: ClassVar[Status]
     retriable: ClassVar[bool] = False
 
 
 class FetchError(MediaError):
     """The bytes could not be fetched; also the final error once retries are exhausted."""
 
-    status = "fetch_error"
+    status = Status.FETCH_ERROR
 
 
 class MediaNotFound(FetchError):
@@ -43,7 +45,7 @@ class RetriableFetchError(FetchError):
 class DecodeError(MediaError):
     """The bytes were fetched but are not a decodable image or video."""
 
-    status = "decode_error"
+    status = Status.DECODE_ERROR
 
 
 class EmptyMedia(DecodeError):
@@ -65,4 +67,4 @@ class VideoDecodeError(DecodeError):
 class TooLarge(MediaError):
     """Over a configured limit: bytes, pixels (decompression bomb), video duration or frames."""
 
-    status = "too_large"
+    status = Status.TOO_LARGE

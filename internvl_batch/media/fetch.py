@@ -26,17 +26,42 @@ from internvl_batch.media.errors import (
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
 # Error codes that object stores use for "slow down" or for a failure on their side.
-_TRANSIENT_CODES = frozenset({
-    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
-    "RequestLimitExceeded", "TooManyRequestsException", "RequestTimeout", "RequestTimeoutException",
-    "InternalError", "ServiceUnavailable", "PriorRequestNotComplete",
-    "500", "502", "503", "504",
-})
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "PriorRequestNotComplete",
+        "500",
+        "502",
+        "503",
+        "504",
+    }
+)
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 _TRANSIENT_ERRNOS = frozenset(
     getattr(errno, name)
-    for name in ("ECONNRESET", "ECONNREFUSED", "ECONNABORTED", "ETIMEDOUT", "EPIPE", "EHOSTUNREACH",
-                 "ENETUNREACH", "ENETDOWN", "EAGAIN", "EBUSY", "EREMOTEIO")
+    for name in (
+        "ECONNRESET",
+        "ECONNREFUSED",
+        "ECONNABORTED",
+        "ETIMEDOUT",
+        "EPIPE",
+        "EHOSTUNREACH",
+        "ENETUNREACH",
+        "ENETDOWN",
+        "EAGAIN",
+        "EBUSY",
+        "EREMOTEIO",
+    )
     if hasattr(errno, name)
 )
 
@@ -47,36 +72,39 @@ class FetchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_bytes: int = Field(
-        64 * 1024**2, gt=0,
+        64 * 1024**2,
+        gt=0,
         description="Largest object fetched, in bytes; larger ones give status too_large without being "
-                    "downloaded (the size is checked before reading, and the read is capped at max_bytes+1).",
+        "downloaded (the size is checked before reading, and the read is capped at max_bytes+1).",
     )
     allow_local: bool = Field(
         True,
         description="Whether plain paths and file:// URLs may be read. On for local runs; turn it off on "
-                    "shared clusters, where a path would read whatever the worker's disk holds.",
+        "shared clusters, where a path would read whatever the worker's disk holds.",
     )
     allowed_schemes: list[str] = Field(
         ["s3", "gs", "gcs", "http", "https", "memory"],
         description="URL schemes that may be fetched (fsspec protocol names). Local files are governed by "
-                    "allow_local alone, so 'file' is not listed here.",
+        "allow_local alone, so 'file' is not listed here.",
     )
     storage_options: dict[str, dict[str, Any]] = Field(
         {},
         description="Filesystem options per scheme, passed to fsspec.filesystem(), e.g. "
-                    "{'s3': {'client_kwargs': {'endpoint_url': 'http://minio:9000'}}}.",
+        "{'s3': {'client_kwargs': {'endpoint_url': 'http://minio:9000'}}}.",
     )
     max_attempts: int = Field(
-        4, ge=1,
+        4,
+        ge=1,
         description="Attempts per object for transient errors (network, timeouts, throttling, 5xx), "
-                    "on top of any retries the storage SDK does itself. Other errors are not retried.",
+        "on top of any retries the storage SDK does itself. Other errors are not retried.",
     )
     backoff_initial_s: float = Field(0.5, ge=0, description="Delay before the first retry, doubled each time.")
     backoff_max_s: float = Field(8.0, ge=0, description="Longest delay between two attempts.")
     timeout_s: float | None = Field(
-        60.0, gt=0,
+        60.0,
+        gt=0,
         description="Connect and read inactivity timeout for s3/s3a and http/https, unless storage_options "
-                    "set their own; other schemes take timeouts through storage_options. None: SDK defaults.",
+        "set their own; other schemes take timeouts through storage_options. None: SDK defaults.",
     )
 
     @field_validator("allowed_schemes")
@@ -157,7 +185,7 @@ class Fetcher:
             protocol = "file"
         else:
             # Scheme names are case-insensitive, fsspec's registry is not.
-            url = protocol.lower() + url[len(protocol):]
+            url = protocol.lower() + url[len(protocol) :]
             protocol = protocol.lower()
             if protocol not in self.config.allowed_schemes:
                 raise URLNotAllowed(
@@ -177,18 +205,20 @@ class Fetcher:
         if fs is None:
             import fsspec
 
-            fs = fsspec.filesystem(protocol, **self._filesystem_options(protocol))
+            fs = fsspec.filesystem(protocol, **self.filesystem_options(protocol))
             self._filesystems[protocol] = fs
         return fs
 
-    def _filesystem_options(self, protocol: str) -> dict[str, Any]:
+    def filesystem_options(self, protocol: str) -> dict[str, Any]:
         options = dict(self.config.storage_options.get(protocol, {}))
         timeout = self.config.timeout_s
         if timeout is None:
             return options
         if protocol in ("s3", "s3a"):
             options["config_kwargs"] = {
-                "connect_timeout": timeout, "read_timeout": timeout, **options.get("config_kwargs", {}),
+                "connect_timeout": timeout,
+                "read_timeout": timeout,
+                **options.get("config_kwargs", {}),
             }
         elif protocol in ("http", "https"):
             import aiohttp
@@ -289,7 +319,10 @@ def _kind(exc: BaseException) -> str | None:
 def _sdk_exception_types() -> dict[str, tuple[type[BaseException], ...]]:
     """Exception classes of the storage SDKs that are installed (imported on first use)."""
     types: dict[str, tuple[type[BaseException], ...]] = {
-        "client_error": (), "http_response_error": (), "transient": (), "sdk_error": (),
+        "client_error": (),
+        "http_response_error": (),
+        "transient": (),
+        "sdk_error": (),
     }
     try:
         import botocore.exceptions as boto
@@ -300,8 +333,12 @@ def _sdk_exception_types() -> dict[str, tuple[type[BaseException], ...]]:
         types["client_error"] += (boto.ClientError,)
         # Connection failures and timeouts; ResponseParserError because throttled responses
         # sometimes carry invalid XML (s3fs treats it as retriable for the same reason).
-        types["transient"] += (boto.HTTPClientError, boto.ConnectionError, boto.IncompleteReadError,
-                               ResponseParserError)
+        types["transient"] += (
+            boto.HTTPClientError,
+            boto.ConnectionError,
+            boto.IncompleteReadError,
+            ResponseParserError,
+        )
         types["sdk_error"] += (boto.BotoCoreError,)
     try:
         import aiohttp

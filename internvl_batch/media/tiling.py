@@ -14,44 +14,22 @@ Speed comes from three things:
     the Arrow C interface (zero-copy; images over one 16 MiB Pillow block are streamed as
     128-row crops) instead of `np.asarray`, which repacks every pixel.
   * Tiles are written in place into one (T, 448, 448, 3) uint8 array (no crops, no
-    float tensors); `normalize` turns that into the model's float input in one pass.
+    float tensors); `media.normalize` turns that into the model's float input.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from internvl_batch.media.resample import ArrayRows, PillowRows, Rows, Target, resize_into
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
 
 IMAGE_SIZE = 448
-
-
-# ------------------------------------------------------------------------------ record
-
-
-@dataclass(frozen=True)
-class TiledImage:
-    """One image's tiles as shipped between Ray workers: uint8 is 4x smaller than float32.
-
-    `tiles` is (T, S, S, 3) uint8: `grid` = (cols, rows) tiles in row-major order, then the
-    thumbnail when `has_thumbnail`. `normalize(tiles)` gives the model's pixel values.
-    """
-
-    tiles: np.ndarray
-    grid: tuple[int, int]
-    has_thumbnail: bool
-
-    @property
-    def num_tiles(self) -> int:
-        return int(self.tiles.shape[0])
 
 
 # --------------------------------------------------------------------------- grid choice
@@ -122,8 +100,9 @@ def tile_image(
 
     `img` must already be RGB (the card converts before tiling; so do our callers).
     """
-    record = tile(img, image_size=image_size, max_num=max_num, min_num=min_num, use_thumbnail=use_thumbnail)
-    return record.tiles
+    if img.mode != "RGB":
+        raise ValueError(f"tiling expects an RGB image, got mode {img.mode!r}")
+    return _tile(PillowRows(img), image_size, max_num, min_num, use_thumbnail)
 
 
 def tile_array(
@@ -138,80 +117,13 @@ def tile_array(
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.dtype} {pixels.shape}")
     src = ArrayRows(np.ascontiguousarray(pixels))
-    return _tile(src, image_size, max_num, min_num, use_thumbnail).tiles
-
-
-def tile(
-    img: Image.Image,
-    *,
-    image_size: int = IMAGE_SIZE,
-    max_num: int = 12,
-    min_num: int = 1,
-    use_thumbnail: bool = True,
-) -> TiledImage:
-    """`tile_image` plus the grid it chose, as the record shipped to the engine."""
-    if img.mode != "RGB":
-        raise ValueError(f"tiling expects an RGB image, got mode {img.mode!r}")
-    return _tile(PillowRows(img), image_size, max_num, min_num, use_thumbnail)
-
-
-def normalize(tiles: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (T, 3, H, W) float32, bit-equal to ToTensor + Normalize.
-
-    Every output value depends only on its channel and uint8 value, so the 3x256 possible
-    values are computed once by the engine-side `normalize_tiles` (torchvision's own float32
-    ops in torchvision's order) and then looked up: one pass, no float temporaries.
-    """
-    import torch
-
-    if tiles.dtype != np.uint8 or tiles.ndim != 4 or tiles.shape[3] != 3:
-        raise ValueError(f"expected uint8 (T, H, W, 3) tiles, got {tiles.dtype} {tiles.shape}")
-    out = np.empty((tiles.shape[0], 3, tiles.shape[1], tiles.shape[2]), np.float32)
-    _lookup_planar()(np.ascontiguousarray(tiles), _normalize_lut(), out)
-    return torch.from_numpy(out)
-
-
-@functools.lru_cache(maxsize=1)
-def _normalize_lut() -> np.ndarray:
-    import torch
-
-    from internvl_batch.media.normalize import normalize_tiles
-
-    values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, 1, 256, 3)
-    return normalize_tiles(values.contiguous())[0, :, 0, :].numpy().copy()  # (3, 256)
-
-
-@functools.lru_cache(maxsize=1)
-def _lookup_planar() -> Callable[[np.ndarray, np.ndarray, np.ndarray], None]:
-    """Compile (or load from numba's on-disk cache) `normalize`'s kernel, once per process.
-
-    Defined lazily so importing this module does not import numba. The index is cast to
-    unsigned so the loop vectorises (see `resample._kernels`).
-    """
-    import numba
-
-    U = numba.uintp
-
-    @numba.njit(cache=True, nogil=True)
-    def lookup_planar(tiles, lut, out):
-        """out[t, c, y, x] = lut[c, tiles[t, y, x, c]]: interleaved uint8 -> planar float32."""
-        n, hh, ww, _ = tiles.shape
-        for t in range(n):
-            for y in range(hh):
-                row = tiles[t, y]
-                for ch in range(3):
-                    o = out[t, ch, y]
-                    lc = lut[ch]
-                    for x in range(U(ww)):
-                        o[x] = lc[row[x, ch]]
-
-    return lookup_planar
+    return _tile(src, image_size, max_num, min_num, use_thumbnail)
 
 
 # ------------------------------------------------------------------------ orchestration
 
 
-def _tile(src: Rows, size: int, max_num: int, min_num: int, use_thumbnail: bool) -> TiledImage:
+def _tile(src: Rows, size: int, max_num: int, min_num: int, use_thumbnail: bool) -> np.ndarray:
     cols, rows = select_grid(src.width, src.height, min_num, max_num, size)
     n = cols * rows
     with_thumb = use_thumbnail and n != 1
@@ -220,5 +132,4 @@ def _tile(src: Rows, size: int, max_num: int, min_num: int, use_thumbnail: bool)
     if with_thumb:
         targets.append(Target(size, size, tiles[n:], 1))
     resize_into(src, targets)
-    return TiledImage(tiles=tiles, grid=(cols, rows), has_thumbnail=with_thumb)
-
+    return tiles

@@ -20,16 +20,19 @@ class VideoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     num_segments: int = Field(
-        8, ge=1,
+        8,
+        ge=1,
         description="Frames sampled per video, one from the middle of each of this many equal segments "
-                    "(the card's example uses 8; its load_video default is 32).",
+        "(the card's example uses 8; its load_video default is 32).",
     )
     max_duration_s: float = Field(
-        3600.0, gt=0,
+        3600.0,
+        gt=0,
         description="Longest video accepted, in seconds (frame count / average fps); longer gives too_large.",
     )
     max_frames_total: int = Field(
-        216_000, gt=0,
+        216_000,
+        gt=0,
         description="Most frames a video may have (default: one hour at 60 fps); more gives too_large.",
     )
 
@@ -47,10 +50,7 @@ def get_index(bound: Any, fps: float, max_frame: int, first_idx: int = 0, num_se
     start_idx = max(first_idx, round(start * fps))
     end_idx = min(round(end * fps), max_frame)
     seg_size = float(end_idx - start_idx) / num_segments
-    return np.array([
-        int(start_idx + (seg_size / 2) + np.round(seg_size * idx))
-        for idx in range(num_segments)
-    ])
+    return np.array([int(start_idx + (seg_size / 2) + np.round(seg_size * idx)) for idx in range(num_segments)])
 
 
 def sample_frames(

@@ -3,7 +3,7 @@ for the same tiles and prompts (tiny checkpoint, float32 on both)."""
 
 import pytest
 
-from tests.engines.conftest import agreement_requests
+from tests.support.engines import agreement_requests
 
 pytestmark = pytest.mark.slow
 

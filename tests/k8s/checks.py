@@ -96,18 +96,24 @@ def gpu_problems(spec: dict, cfg: JobConfig) -> list[str]:
         total_cpus += pods * quantity(params.get("num-cpus") or resource(ray, "limits", "cpu", 0))
         if limit:
             if limit % tp:
-                problems.append(f"{name}: {limit:g} GPUs per pod is not a multiple of "
-                                f"model.tensor_parallel_size={tp} (a replica's GPUs must share a pod)")
+                problems.append(
+                    f"{name}: {limit:g} GPUs per pod is not a multiple of "
+                    f"model.tensor_parallel_size={tp} (a replica's GPUs must share a pod)"
+                )
             total_gpus += pods * limit
     if not total_gpus:
         problems.append("no worker group has nvidia.com/gpu limits")
     elif rt.replicas * tp > total_gpus:
-        problems.append(f"runtime.replicas={rt.replicas} x tensor_parallel_size={tp} needs "
-                        f"{rt.replicas * tp} GPUs; the worker groups have at most {total_gpus:g}")
+        problems.append(
+            f"runtime.replicas={rt.replicas} x tensor_parallel_size={tp} needs "
+            f"{rt.replicas * tp} GPUs; the worker groups have at most {total_gpus:g}"
+        )
     need_cpus = rt.cpu_workers * rt.cpus_per_worker + rt.replicas * rt.engine_cpus
     if need_cpus > total_cpus:
-        problems.append(f"the job's actors need {need_cpus:g} CPUs (cpu_workers x cpus_per_worker + "
-                        f"replicas x engine_cpus); the worker groups have at most {total_cpus:g}")
+        problems.append(
+            f"the job's actors need {need_cpus:g} CPUs (cpu_workers x cpus_per_worker + "
+            f"replicas x engine_cpus); the worker groups have at most {total_cpus:g}"
+        )
     return problems
 
 
@@ -135,8 +141,10 @@ def shm_problems(spec: dict) -> list[str]:
             shm, mem = quantity(ed["sizeLimit"]), quantity(limit)
             store = min(0.3 * mem, max(10e9, 0.95 * shm))
             if store > shm:
-                problems.append(f"{where}: /dev/shm {ed['sizeLimit']} is smaller than Ray's object store "
-                                f"({store / 2**30:.1f} GiB for {limit}); Ray would fall back to /tmp")
+                problems.append(
+                    f"{where}: /dev/shm {ed['sizeLimit']} is smaller than Ray's object store "
+                    f"({store / 2**30:.1f} GiB for {limit}); Ray would fall back to /tmp"
+                )
     return problems
 
 
@@ -199,8 +207,7 @@ def cron_problems(cron: dict) -> list[str]:
         zone = zoneinfo.ZoneInfo(tz) if tz else None
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return [f"timeZone {tz!r} is not an IANA time zone"]
-    utc = zone is not None and all(
-        zone.utcoffset(dt.datetime(2025, m, 1)) == dt.timedelta(0) for m in (1, 7))
+    utc = zone is not None and all(zone.utcoffset(dt.datetime(2025, m, 1)) == dt.timedelta(0) for m in (1, 7))
     if "$(date" in jt.get("entrypoint", "") and not utc:
         problems.append(f"timeZone {tz!r}: the entrypoint dates each run with `date -u`; schedule in UTC (Etc/UTC) too")
     if "$(date" in jt.get("entrypoint", "") and "date -u" not in jt["entrypoint"]:
@@ -216,7 +223,8 @@ def cron_problems(cron: dict) -> list[str]:
         problems.append(
             f"a night may run until {end / 3600:.1f} h after midnight ({attempts} attempts x "
             f"({deadline} s + {RETRY_GAP_S} s) + ttl from {fields[1]}:{fields[0]}): it could overlap the next night "
-            f"and a retry after midnight would read and write the next date's prefixes")
+            f"and a retry after midnight would read and write the next date's prefixes"
+        )
     return problems
 
 

@@ -42,7 +42,7 @@ def image_files(dockerfile) -> dict[str, str]:
 def validate_config(tmp_path) -> Callable[..., tuple[int, JobConfig]]:
     """validate(text, overrides=()) -> (exit code of `internvl-batch validate --config-only`,
     the loaded JobConfig), for a job config given as text, with `--set` overrides."""
-    from internvl_batch.config_loader import load_config
+    from internvl_batch.config.loader import load_config
 
     def validate(text: str, overrides: list[str] = ()) -> tuple[int, JobConfig]:
         path = tmp_path / "job.yaml"

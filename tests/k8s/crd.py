@@ -93,7 +93,11 @@ def to_json_schema(node, *, strict: bool = True):
         if "enum" in out:
             out["enum"] = [*out["enum"], None]
     if out.get("x-kubernetes-embedded-resource") and "properties" in out:
-        for k, v in (("apiVersion", {"type": "string"}), ("kind", {"type": "string"}), ("metadata", {"type": "object"})):
+        for k, v in (
+            ("apiVersion", {"type": "string"}),
+            ("kind", {"type": "string"}),
+            ("metadata", {"type": "object"}),
+        ):
             out["properties"].setdefault(k, v)
     if (
         strict

@@ -93,7 +93,9 @@ def walk(node):
 def quantity(v) -> float:
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
-    m = re.fullmatch(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[mkMGTPE]?)", str(v).strip())
+    m = re.fullmatch(
+        r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[mkMGTPE]?)", str(v).strip()
+    )
     if not m:
         raise ValueError(f"not a Kubernetes quantity: {v!r}")
     scale = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18}
@@ -145,8 +147,11 @@ def volumes_mounted_at(spec: dict, directory: str) -> list[dict]:
     """The volumes the head's Ray container (its first) mounts at `directory`."""
     head = head_pod(spec)
     volumes = {v["name"]: v for v in head.get("volumes", [])}
-    return [volumes.get(m["name"]) or {} for m in head["containers"][0].get("volumeMounts", [])
-            if directory == posixpath.normpath(m["mountPath"])]
+    return [
+        volumes.get(m["name"]) or {}
+        for m in head["containers"][0].get("volumeMounts", [])
+        if directory == posixpath.normpath(m["mountPath"])
+    ]
 
 
 def configmap_key(ref: dict, filename: str) -> str:

@@ -31,10 +31,20 @@ BROKEN = {
     "malformed quantity": ("RayJob", f"{HEAD_CONTAINER}/resources/limits/memory", "16GB", "does not match"),
     "int32 overflow": ("RayJob", "activeDeadlineSeconds", 2**31, "is not a 'int32'"),
     "duplicate env name (list-map)": ("RayJob", f"{HEAD_CONTAINER}/env/1/name", "AWS_ACCESS_KEY_ID", "duplicate entry"),
-    "nested unknown field (pod template)": ("RayJob", f"{HEAD_CONTAINER}/resource", {"limits": {}}, "Additional properties"),
+    "nested unknown field (pod template)": (
+        "RayJob",
+        f"{HEAD_CONTAINER}/resource",
+        {"limits": {}},
+        "Additional properties",
+    ),
     "empty timeZone (minLength)": ("RayCronJob", "timeZone", "", "should be non-empty"),
     "schedule of the wrong type": ("RayCronJob", "schedule", 1500, "is not of type 'string'"),
-    "cron template typo": ("RayCronJob", "jobTemplate/entryPoint", "python x.py", "Additional properties are not allowed"),
+    "cron template typo": (
+        "RayCronJob",
+        "jobTemplate/entryPoint",
+        "python x.py",
+        "Additional properties are not allowed",
+    ),
 }
 
 
@@ -52,8 +62,12 @@ def test_crd_validation_rejects_a_broken_manifest(crds, case):
 def test_cluster_spec_is_a_valid_raycluster(crds, item):
     """KubeRay makes a RayCluster of each rayClusterSpec; it must pass the RayCluster CRD too."""
     doc, spec = item
-    cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": doc.name},
-               "spec": copy.deepcopy(spec["rayClusterSpec"])}
+    cluster = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": doc.name},
+        "spec": copy.deepcopy(spec["rayClusterSpec"]),
+    }
     assert crds.errors(cluster) == []
     cluster["spec"]["workerGroupSpecs"][0]["minReplicas"] = "0"
     assert any("is not of type 'integer'" in e for e in crds.errors(cluster))

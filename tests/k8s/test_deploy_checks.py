@@ -42,14 +42,16 @@ from tests.k8s.manifests import (
 
 PYTHON_TAG = "py311"  # the Python the project is built and tested on
 
-needs_shells = pytest.mark.skipif(not (shutil.which("bash") and shutil.which("sh")),
-                                  reason="bash and sh are needed to run the entrypoint as KubeRay does")
+needs_shells = pytest.mark.skipif(
+    not (shutil.which("bash") and shutil.which("sh")),
+    reason="bash and sh are needed to run the entrypoint as KubeRay does",
+)
 
 
 @functools.cache
 def ray_pin() -> str:
     m = re.search(r'"ray\[[^\]]*\]==([0-9][0-9A-Za-z.]*)"', (REPO / "pyproject.toml").read_text())
-    assert m, "pyproject.toml must pin ray exactly: \"ray[data]==X.Y.Z\""
+    assert m, 'pyproject.toml must pin ray exactly: "ray[data]==X.Y.Z"'
     return m.group(1)
 
 
@@ -87,8 +89,12 @@ def test_dev_shm_is_memory_backed(item):
 def test_credentials_only_from_secrets(item):
     _, spec = item
     assert secret_problems(spec) == []
-    refs = [e["valueFrom"]["secretKeyRef"] for _, c in containers_of(spec) for e in c.get("env", [])
-            if "secretKeyRef" in (e.get("valueFrom") or {})]
+    refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for _, c in containers_of(spec)
+        for e in c.get("env", [])
+        if "secretKeyRef" in (e.get("valueFrom") or {})
+    ]
     names = {r["name"] for r in refs}
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= {r["key"] for r in refs}
     readme = (K8S_DIR / "README.md").read_text()
@@ -111,8 +117,9 @@ def test_job_lifecycle_is_bounded_and_retried(item):
     for where, c in containers_of(spec):
         if where != "autoscaler":
             res = c.get("resources") or {}
-            assert {"cpu", "memory"} <= set(res.get("requests", {})) and {"cpu", "memory"} <= set(res.get("limits", {})), \
-                f"{where}: set CPU and memory requests and limits"
+            assert {"cpu", "memory"} <= set(res.get("requests", {})) and {"cpu", "memory"} <= set(
+                res.get("limits", {})
+            ), f"{where}: set CPU and memory requests and limits"
 
 
 def test_image_and_ray_versions_match_the_pin(dockerfile):
@@ -139,9 +146,9 @@ def test_nightly_cron_never_overlaps_and_keeps_its_date():
 def test_nightly_entrypoint_reads_and_writes_that_nights_prefixes(tmp_path, configmaps, validate_config):
     (cron,) = docs_of("RayCronJob")
     spec = cron.body["spec"]["jobTemplate"]
-    today = {dt.datetime.now(dt.timezone.utc).date().isoformat()}
+    today = {dt.datetime.now(dt.UTC).date().isoformat()}
     argv = simulate_entrypoint(spec["entrypoint"], tmp_path)
-    today.add(dt.datetime.now(dt.timezone.utc).date().isoformat())
+    today.add(dt.datetime.now(dt.UTC).date().isoformat())
     assert argv[:2] == ["/app/jobs/run_job.py", "/etc/internvl-batch/job.yaml"]
     overrides = argv[2:][1::2]
     assert argv[2:][0::2] == ["--set"] * len(overrides)
@@ -181,8 +188,10 @@ def _with(cfg: JobConfig, **sections) -> JobConfig:
 def test_gpu_check_catches_mismatches(configmaps):
     spec, cfg = _adhoc(configmaps)  # 1 GPU per worker pod, tensor_parallel_size 1
     assert any("multiple of" in p for p in gpu_problems(spec, _with(cfg, model={"tensor_parallel_size": 2})))
-    assert any("GPUs; the worker groups" in p
-               for p in gpu_problems(spec, _with(cfg, runtime={"replicas": cfg.runtime.replicas + 1})))
+    assert any(
+        "GPUs; the worker groups" in p
+        for p in gpu_problems(spec, _with(cfg, runtime={"replicas": cfg.runtime.replicas + 1}))
+    )
     assert any("CPUs" in p for p in gpu_problems(spec, _with(cfg, runtime={"cpu_workers": 100000})))
     assert any("use_gpu" in p for p in gpu_problems(spec, _with(cfg, runtime={"use_gpu": False})))
 
@@ -200,18 +209,22 @@ def test_gpu_check_catches_mismatches(configmaps):
     del worker(broken)["template"]["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"]
     assert any("no worker group" in p for p in gpu_problems(broken, cfg))
     head = copy.deepcopy(spec)
-    head["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = 1
+    head["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "nvidia.com/gpu"
+    ] = 1
     assert any("head" in p for p in gpu_problems(head, cfg))
 
 
 def test_entrypoint_check_catches_missing_files_and_mounts(configmaps, image_files):
     spec, _ = _adhoc(configmaps)
-    for bad in ("python /app/jobs/no_such_job.py /etc/internvl-batch/job.yaml",
-                "python /opt/elsewhere/run_job.py /etc/internvl-batch/job.yaml",
-                "python /app/jobs/run_job.py /etc/not-mounted/job.yaml",
-                "python /app/jobs/run_job.py /etc/internvl-batch/other.yaml",
-                "python /app/jobs/run_job.py /etc/internvl-batch/job.yaml --oops",
-                "python /app/jobs/run_job.py /etc/internvl-batch/job.yaml # comment"):
+    for bad in (
+        "python /app/jobs/no_such_job.py /etc/internvl-batch/job.yaml",
+        "python /opt/elsewhere/run_job.py /etc/internvl-batch/job.yaml",
+        "python /app/jobs/run_job.py /etc/not-mounted/job.yaml",
+        "python /app/jobs/run_job.py /etc/internvl-batch/other.yaml",
+        "python /app/jobs/run_job.py /etc/internvl-batch/job.yaml --oops",
+        "python /app/jobs/run_job.py /etc/internvl-batch/job.yaml # comment",
+    ):
         assert entrypoint_problems({**spec, "entrypoint": bad}, configmaps, image_files), bad
     assert entrypoint_problems(spec, {}, image_files)  # the ConfigMap is not in k8s/
     assert entrypoint_problems(spec, configmaps, {})  # the Dockerfile copies nothing
@@ -244,11 +257,17 @@ def test_image_check_catches_other_ray_versions():
 
 def test_cron_check_catches_overlap_and_date_risks():
     (cron,) = docs_of("RayCronJob")
-    for path, value in (("jobTemplate/activeDeadlineSeconds", 86400), ("jobTemplate/activeDeadlineSeconds", KeyError),
-                        ("jobTemplate/backoffLimit", 10), ("schedule", "15 22 * * *"), ("schedule", "0 */6 * * *"),
-                        ("timeZone", "Europe/Berlin"), ("timeZone", "Not/AZone"),
-                        ("jobTemplate/shutdownAfterJobFinishes", False),
-                        ("jobTemplate/entrypoint", "python /app/jobs/run_job.py /c/job.yaml --set output.path=s3://b/$(date +%F)")):
+    for path, value in (
+        ("jobTemplate/activeDeadlineSeconds", 86400),
+        ("jobTemplate/activeDeadlineSeconds", KeyError),
+        ("jobTemplate/backoffLimit", 10),
+        ("schedule", "15 22 * * *"),
+        ("schedule", "0 */6 * * *"),
+        ("timeZone", "Europe/Berlin"),
+        ("timeZone", "Not/AZone"),
+        ("jobTemplate/shutdownAfterJobFinishes", False),
+        ("jobTemplate/entrypoint", "python /app/jobs/run_job.py /c/job.yaml --set output.path=s3://b/$(date +%F)"),
+    ):
         body = copy.deepcopy(cron.body)
         set_path(body["spec"], path, value)
         assert cron_problems(body), (path, value)
@@ -264,7 +283,9 @@ def test_shm_check_catches_disk_backed_or_oversized_shm(configmaps):
     assert any("/tmp" in p for p in shm_problems(spec))
     dshm["emptyDir"] = {}
     assert shm_problems(spec)
-    pod["containers"][0]["volumeMounts"] = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] != "/dev/shm"]
+    pod["containers"][0]["volumeMounts"] = [
+        m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] != "/dev/shm"
+    ]
     assert shm_problems(spec)
 
 

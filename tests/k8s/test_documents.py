@@ -19,8 +19,10 @@ MAX_RAYCRONJOB_NAME = MAX_RAYJOB_NAME - 6  # RayCronJob appends "-xxxxx" for eac
 def test_k8s_has_the_expected_resources(configmaps):
     kinds = [d.kind for d in k8s_docs()]
     assert "RayJob" in kinds and "RayCronJob" in kinds and "ConfigMap" in kinds, kinds
-    tps = {yaml.safe_load(mounted_job_config(spec, configmaps))["model"].get("tensor_parallel_size", 1)
-           for _, spec in job_specs()}
+    tps = {
+        yaml.safe_load(mounted_job_config(spec, configmaps))["model"].get("tensor_parallel_size", 1)
+        for _, spec in job_specs()
+    }
     assert any(tp > 1 for tp in tps), "a tensor-parallel variant (e.g. 78B-AWQ, TP 4) is expected"
 
 
@@ -38,16 +40,20 @@ def test_every_document_has_the_required_fields(doc):
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", doc.name), f"{doc}: not a DNS-1123 name"
     if doc.kind in CRD_FILES:
         limit = MAX_RAYCRONJOB_NAME if doc.kind == "RayCronJob" else MAX_RAYJOB_NAME
-        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", doc.name) and len(doc.name) <= limit, \
+        assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", doc.name) and len(doc.name) <= limit, (
             f"{doc}: KubeRay wants a DNS-1035 label of at most {limit} characters"
+        )
     if doc.kind == "ConfigMap":
         assert body["apiVersion"] == "v1"
         data = body.get("data")
         assert isinstance(data, dict) and data, f"{doc}: data missing"
-        assert all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()), f"{doc}: data must map str to str"
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()), (
+            f"{doc}: data must map str to str"
+        )
     if doc.kind == "Secret":
-        assert not body.get("data") and not body.get("stringData"), \
+        assert not body.get("data") and not body.get("stringData"), (
             f"{doc}: never commit Secret values; create the Secret with kubectl (k8s/README.md)"
+        )
 
 
 def test_document_names_are_unique():

@@ -18,11 +18,16 @@ def test_gpu_configs_validate(name, validate_config):
     assert cfg.model.path == "OpenGVLab/InternVL2_5-8B"
     assert cfg.model.dtype == "bfloat16" and cfg.runtime.use_gpu
     assert cfg.runtime.engine_batch_size >= cfg.model.max_num_seqs
-    for section in (cfg.input.storage_options, cfg.output.storage_options, cfg.model.storage_options,
-                    *cfg.preprocess.fetch.storage_options.values()):
+    for section in (
+        cfg.input.storage_options,
+        cfg.output.storage_options,
+        cfg.model.storage_options,
+        *cfg.preprocess.fetch.storage_options.values(),
+    ):
         keys = {k.lower() for k, _ in walk(section)}
-        assert not keys & {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"}, \
+        assert not keys & {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key"}, (
             f"{name}: credentials never go in config files"
+        )
 
 
 def test_nightly_config_captions_images_and_videos(validate_config):

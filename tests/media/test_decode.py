@@ -40,8 +40,12 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height: opens lazily, never decodes."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 # -- every mode converts exactly as the card does -------------------------------------------------
@@ -61,10 +65,12 @@ def _mode_cases(rgb: Image.Image) -> dict[str, bytes]:
         "RGBA/PNG": encode(rgb.convert("RGBA"), "PNG"),
         "CMYK/JPEG": encode(rgb.convert("CMYK"), "JPEG"),
         "CMYK/TIFF": encode(rgb.convert("CMYK"), "TIFF"),
-        "I;16/PNG": encode(Image.frombytes("I;16", rgb.size, rng.integers(0, 65536, shape).astype("<u2").tobytes()),
-                           "PNG"),
-        "I;16/TIFF": encode(Image.frombytes("I;16", rgb.size, rng.integers(0, 65536, shape).astype("<u2").tobytes()),
-                            "TIFF"),
+        "I;16/PNG": encode(
+            Image.frombytes("I;16", rgb.size, rng.integers(0, 65536, shape).astype("<u2").tobytes()), "PNG"
+        ),
+        "I;16/TIFF": encode(
+            Image.frombytes("I;16", rgb.size, rng.integers(0, 65536, shape).astype("<u2").tobytes()), "TIFF"
+        ),
         "I/TIFF": encode(Image.fromarray(rng.integers(-5000, 70000, shape).astype(np.int32)), "TIFF"),
         "F/TIFF": encode(Image.fromarray(rng.normal(100, 80, shape).astype(np.float32)), "TIFF"),
         "1/PNG": encode(rgb.convert("1"), "PNG"),
@@ -76,10 +82,29 @@ def _mode_cases(rgb: Image.Image) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("case", [
-    "L/PNG", "LA/PNG", "P/PNG", "P+tRNS/PNG", "P/GIF", "RGBA/PNG", "CMYK/JPEG", "CMYK/TIFF", "I;16/PNG",
-    "I;16/TIFF", "I/TIFF", "F/TIFF", "1/PNG", "LAB/TIFF", "YCbCr/TIFF", "RGB/JPEG", "RGB/WEBP", "RGB/BMP",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "L/PNG",
+        "LA/PNG",
+        "P/PNG",
+        "P+tRNS/PNG",
+        "P/GIF",
+        "RGBA/PNG",
+        "CMYK/JPEG",
+        "CMYK/TIFF",
+        "I;16/PNG",
+        "I;16/TIFF",
+        "I/TIFF",
+        "F/TIFF",
+        "1/PNG",
+        "LAB/TIFF",
+        "YCbCr/TIFF",
+        "RGB/JPEG",
+        "RGB/WEBP",
+        "RGB/BMP",
+    ],
+)
 def test_every_mode_decodes_to_the_cards_rgb(rgb, case):
     data = _mode_cases(rgb)[case]
     mode = case.split("/")[0].removesuffix("+tRNS")
@@ -106,13 +131,16 @@ def test_exif_orientation_6_is_applied_to_a_phone_jpeg(rgb):
     np.testing.assert_array_equal(np.asarray(img), np.rot90(card_rgb(data), k=-1))
 
 
-@pytest.mark.parametrize("orientation, expected", [
-    (1, lambda a: a),
-    (2, lambda a: a[:, ::-1]),
-    (3, lambda a: np.rot90(a, 2)),
-    (6, lambda a: np.rot90(a, -1)),
-    (8, lambda a: np.rot90(a, 1)),
-])
+@pytest.mark.parametrize(
+    "orientation, expected",
+    [
+        (1, lambda a: a),
+        (2, lambda a: a[:, ::-1]),
+        (3, lambda a: np.rot90(a, 2)),
+        (6, lambda a: np.rot90(a, -1)),
+        (8, lambda a: np.rot90(a, 1)),
+    ],
+)
 def test_exif_orientations_exactly(rgb, orientation, expected):
     data = _with_orientation(rgb, "PNG", orientation)
     np.testing.assert_array_equal(np.asarray(decode_image(data, CFG)), expected(np.asarray(rgb)))
@@ -134,11 +162,15 @@ def test_empty_bytes():
     assert info.value.status == "decode_error"
 
 
-@pytest.mark.parametrize("data", [
-    np.random.default_rng(2).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
-    b"just some text, not a picture\n" * 20,
-    b"<svg xmlns='http://www.w3.org/2000/svg'/>",
-], ids=["random", "text", "svg"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.random.default_rng(2).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        b"just some text, not a picture\n" * 20,
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+    ],
+    ids=["random", "text", "svg"],
+)
 def test_not_an_image(data):
     with pytest.raises(NotAnImage, match="s3://b/x.jpg: not an image"):
         decode_image(data, CFG, source="s3://b/x.jpg")
@@ -201,7 +233,7 @@ def test_pil_global_limit_is_left_alone(rgb):
     before = Image.MAX_IMAGE_PIXELS
     with pytest.raises(TooLarge):
         decode_image(encode(rgb, "PNG"), DecodeConfig(max_pixels=10))
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 def test_config_rejects_typos():

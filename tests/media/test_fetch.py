@@ -27,8 +27,9 @@ from internvl_batch.media.fetch import FetchConfig, Fetcher
 
 
 def _client_error(code: str, status: int, operation: str = "GetObject") -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                       operation)
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation
+    )
 
 
 def _s3fs_style(exc: OSError, code: str, status: int) -> OSError:
@@ -39,8 +40,9 @@ def _s3fs_style(exc: OSError, code: str, status: int) -> OSError:
 
 def _http_status(status: int) -> aiohttp.ClientResponseError:
     url = yarl.URL("http://host/a.jpg")
-    request = aiohttp.RequestInfo(url=url, method="GET", headers=multidict.CIMultiDictProxy(multidict.CIMultiDict()),
-                                  real_url=url)
+    request = aiohttp.RequestInfo(
+        url=url, method="GET", headers=multidict.CIMultiDictProxy(multidict.CIMultiDict()), real_url=url
+    )
     return aiohttp.ClientResponseError(request_info=request, history=(), status=status, message="status")
 
 
@@ -208,12 +210,15 @@ def test_memory_url():
 # -- URL validation -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url, message", [
-    ("ftp://host/a.jpg", "scheme 'ftp' is not in fetch.allowed_schemes"),
-    ("data:image/png;base64,AAAA", "scheme 'data' is not in fetch.allowed_schemes"),
-    ("", "empty"),
-    ("s3://", "no object path"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("ftp://host/a.jpg", "scheme 'ftp' is not in fetch.allowed_schemes"),
+        ("data:image/png;base64,AAAA", "scheme 'data' is not in fetch.allowed_schemes"),
+        ("", "empty"),
+        ("s3://", "no object path"),
+    ],
+)
 def test_refused_urls(url, message):
     with pytest.raises(URLNotAllowed, match=message) as info:
         Fetcher().fetch(url)
@@ -239,10 +244,10 @@ def test_config_rejects_typos_and_file_scheme():
 
 def test_timeouts_go_to_s3_and_http_clients_without_overriding_user_options():
     fetcher = Fetcher(FetchConfig(timeout_s=7, storage_options={"s3": {"config_kwargs": {"read_timeout": 99}}}))
-    assert fetcher._filesystem_options("s3")["config_kwargs"] == {"connect_timeout": 7, "read_timeout": 99}
-    timeout = fetcher._filesystem_options("https")["client_kwargs"]["timeout"]
+    assert fetcher.filesystem_options("s3")["config_kwargs"] == {"connect_timeout": 7, "read_timeout": 99}
+    timeout = fetcher.filesystem_options("https")["client_kwargs"]["timeout"]
     assert (timeout.sock_connect, timeout.sock_read, timeout.total) == (7, 7, None)
-    assert Fetcher(FetchConfig(timeout_s=None))._filesystem_options("s3") == {}
+    assert Fetcher(FetchConfig(timeout_s=None)).filesystem_options("s3") == {}
 
 
 # -- size cap when the size is unknown ------------------------------------------------------------

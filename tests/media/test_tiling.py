@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from internvl_batch.media import card_reference as card
+from internvl_batch.devtools import card_reference as card
 from internvl_batch.media import resample
 from internvl_batch.media.tiling import (
-    TiledImage,
-    normalize,
     select_grid,
     split_tile_budget,
-    tile,
     tile_array,
     tile_image,
 )
+from tests.support.images import gradient, noise
 
 
 class _Captured(Exception):
@@ -53,9 +50,7 @@ def card_grid(candidates: list[tuple[int, int]], width: int, height: int) -> tup
 
 
 def card_tiles(img: Image.Image, max_num: int, min_num: int = 1, use_thumbnail: bool = True) -> np.ndarray:
-    tiles = card.dynamic_preprocess(
-        img, min_num=min_num, max_num=max_num, image_size=448, use_thumbnail=use_thumbnail
-    )
+    tiles = card.dynamic_preprocess(img, min_num=min_num, max_num=max_num, image_size=448, use_thumbnail=use_thumbnail)
     return np.stack([np.asarray(t) for t in tiles])
 
 
@@ -67,18 +62,6 @@ def assert_same_tiles(img: Image.Image, max_num: int, min_num: int = 1, use_thum
     assert diff.size == 0, f"{len(diff)} values differ, first at (tile, y, x, c) = {tuple(diff[0])}"
 
 
-def noise(width: int, height: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def gradient(width: int, height: int) -> Image.Image:
-    y, x = np.mgrid[0:height, 0:width]
-    r = x * 255 // max(width - 1, 1)
-    g = y * 255 // max(height - 1, 1)
-    b = (x + 2 * y) % 256
-    return Image.fromarray(np.stack([r, g, b], axis=-1).astype(np.uint8))
-
-
 # ------------------------------------------------------------------------- grid choice
 
 GRID_SIDES = sorted(
@@ -88,9 +71,7 @@ GRID_SIDES = sorted(
 
 
 @pytest.mark.parametrize("min_num,max_num", [(1, 1), (1, 6), (1, 12), (1, 24), (2, 12), (4, 9)])
-def test_select_grid_matches_card_on_size_sweep(
-    monkeypatch: pytest.MonkeyPatch, min_num: int, max_num: int
-) -> None:
+def test_select_grid_matches_card_on_size_sweep(monkeypatch: pytest.MonkeyPatch, min_num: int, max_num: int) -> None:
     candidates = card_candidates(monkeypatch, min_num, max_num)
     for w in GRID_SIDES:
         for h in GRID_SIDES:
@@ -156,9 +137,7 @@ def test_tiles_match_card(size: tuple[int, int], content: str, max_num: int) -> 
 # Over 16 MiB as RGBX, so Pillow stores the rows in several blocks and we stream crops;
 # the tall ones also take Pillow's vertical-first pass order; 5000x400 is a panorama.
 @pytest.mark.parametrize("max_num", [6, 12])
-@pytest.mark.parametrize(
-    "size", [(4000, 3000), (1500, 4000), (5000, 400), (400, 5000)], ids=lambda s: f"{s[0]}x{s[1]}"
-)
+@pytest.mark.parametrize("size", [(4000, 3000), (1500, 4000), (5000, 400), (400, 5000)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_tiles_match_card_on_large_images(size: tuple[int, int], max_num: int) -> None:
     assert_same_tiles(noise(*size, seed=max_num), max_num)
 
@@ -206,41 +185,10 @@ def test_tile_image_rejects_non_rgb() -> None:
         tile_image(Image.new("L", (10, 10)))
 
 
-def test_tile_record() -> None:
-    record = tile(gradient(1024, 768), max_num=12)
-    assert isinstance(record, TiledImage)
-    assert record.grid == (4, 3) and record.has_thumbnail and record.num_tiles == 13
-    assert record.tiles.dtype == np.uint8 and record.tiles.shape == (13, 448, 448, 3)
-    single = tile(gradient(448, 448), max_num=12)
-    assert single.grid == (1, 1) and not single.has_thumbnail and single.num_tiles == 1
-
-
-# ----------------------------------------------------------------------- normalisation
-
-
-def test_normalize_matches_card_transform_for_every_value() -> None:
-    # Every (channel, value) pair, at many positions in the tile (vectorised body and tail).
-    values = np.arange(448 * 448 * 3, dtype=np.int64).reshape(448, 448, 3)
-    tiles = np.stack([(values + shift) % 256 for shift in (0, 85, 171)]).astype(np.uint8)
-    transform = card.build_transform(448)
-    ref = torch.stack([transform(Image.fromarray(t)) for t in tiles])
-    assert torch.equal(normalize(tiles), ref)
-
-
-def test_normalize_matches_card_pipeline_end_to_end() -> None:
-    img = noise(1000, 700)
-    transform = card.build_transform(448)
-    card_tiles = card.dynamic_preprocess(img, image_size=448, use_thumbnail=True, max_num=12)
-    ref = torch.stack([transform(t) for t in card_tiles])
-    ours = normalize(tile_image(img, max_num=12))
-    assert ours.dtype == torch.float32 and torch.equal(ours, ref)
-
-
-def test_normalize_rejects_bad_input() -> None:
-    with pytest.raises(ValueError):
-        normalize(np.zeros((1, 448, 448, 3), np.float32))
-    with pytest.raises(ValueError):
-        normalize(np.zeros((448, 448, 3), np.uint8))
+def test_tile_counts_include_the_thumbnail_only_for_a_grid() -> None:
+    tiles = tile_image(gradient(1024, 768), max_num=12)  # a 4x3 grid + the thumbnail
+    assert tiles.dtype == np.uint8 and tiles.shape == (13, 448, 448, 3)
+    assert tile_image(gradient(448, 448), max_num=12).shape == (1, 448, 448, 3)  # 1x1: no thumbnail
 
 
 # ------------------------------------------------------------------ multi-image budget

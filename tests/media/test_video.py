@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from internvl_batch.media import card_reference as card
+from internvl_batch.devtools import card_reference as card
 from internvl_batch.media.errors import EmptyMedia, MediaNotFound, TooLarge, VideoDecodeError
 from internvl_batch.media.video import VideoConfig, get_index, sample_frames
 
@@ -22,13 +22,13 @@ def frame_with_number(n: int) -> np.ndarray:
     stripe = WIDTH // BITS
     for bit in range(BITS):
         if n >> bit & 1:
-            frame[:, bit * stripe:(bit + 1) * stripe] = 255
+            frame[:, bit * stripe : (bit + 1) * stripe] = 255
     return frame
 
 
 def number_in_frame(frame: np.ndarray) -> int:
     stripe = WIDTH // BITS
-    centres = frame[HEIGHT // 2, stripe // 2::stripe, 0][:BITS]
+    centres = frame[HEIGHT // 2, stripe // 2 :: stripe, 0][:BITS]
     return sum(1 << bit for bit, value in enumerate(centres) if value > 127)
 
 
@@ -74,8 +74,10 @@ def test_get_index_matches_the_card():
         ours = get_index(bound, fps, max_frame, first_idx=0, num_segments=num_segments)
         theirs = card.get_index(bound, fps, max_frame, first_idx=0, num_segments=num_segments)
         assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), (fps, max_frame, bound, num_segments)
-    assert np.array_equal(get_index(None, 30.0, 89, first_idx=5, num_segments=4),
-                          card.get_index(None, 30.0, 89, first_idx=5, num_segments=4))
+    assert np.array_equal(
+        get_index(None, 30.0, 89, first_idx=5, num_segments=4),
+        card.get_index(None, 30.0, 89, first_idx=5, num_segments=4),
+    )
 
 
 # -- sample_frames is the card's load_video -----------------------------------------------------

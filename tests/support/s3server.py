@@ -10,6 +10,7 @@ side by side do not collide and nothing is left behind.
 """
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -105,10 +106,8 @@ class S3Server:
     def create_bucket(self, name: str) -> dict[str, Any]:
         """Create bucket `name` (3-63 characters) unless it exists; return `storage_options`."""
         client = self.client()
-        try:
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             client.create_bucket(Bucket=name)
-        except client.exceptions.BucketAlreadyOwnedByYou:
-            pass
         return self.storage_options
 
     def put_object(self, bucket: str, key: str, data: bytes) -> str:
@@ -165,22 +164,37 @@ class S3Server:
         ports = _free_ports(2 * len(_COMPONENTS))
         self._ports = {component: (ports[2 * i], ports[2 * i + 1]) for i, component in enumerate(_COMPONENTS)}
         port_args = [
-            arg for component, (http, grpc) in self._ports.items()
+            arg
+            for component, (http, grpc) in self._ports.items()
             for arg in (f"-{component}.port={http}", f"-{component}.port.grpc={grpc}")
         ]
         (self._workdir / "data").mkdir(exist_ok=True)
         s3_config = self._workdir / "s3.json"
-        s3_config.write_text(json.dumps({"identities": [{
-            "name": "test",
-            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]}))
+        s3_config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "test",
+                            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         command = [
-            str(binary), "-logtostderr", "mini",
+            str(binary),
+            "-logtostderr",
+            "mini",
             f"-dir={self._workdir / 'data'}",
-            f"-ip={_HOST}", f"-ip.bind={_HOST}",
+            f"-ip={_HOST}",
+            f"-ip.bind={_HOST}",
             *port_args,
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
             f"-s3.config={s3_config}",
             f"-filer.localSocket={self._workdir / 'filer.sock'}",
             f"-s3.localSocket={self._workdir / 's3.sock'}",
@@ -194,7 +208,9 @@ class S3Server:
                 command,
                 cwd=self._workdir,  # weed reads *.toml from its working directory: keep it empty
                 env={**os.environ, "TMPDIR": str(self._workdir)},
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         finally:
@@ -241,7 +257,8 @@ class S3Server:
             aws_secret_access_key=self.secret_key,
             region_name=self.region,
             config=Config(
-                connect_timeout=connect_timeout, read_timeout=read_timeout,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
                 retries={"total_max_attempts": max_attempts, "mode": "standard"},
                 s3={"addressing_style": "path"},
             ),

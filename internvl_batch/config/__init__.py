@@ -1,0 +1,26 @@
+"""The job's configuration: typed sections, composed and cross-checked in `JobConfig`,
+loaded from YAML plus `--set` overrides with errors that name the field."""
+
+from internvl_batch.config.job import (
+    InputConfig,
+    JobConfig,
+    OutputConfig,
+    PreprocessConfig,
+    RuntimeConfig,
+    TaskConfig,
+)
+from internvl_batch.config.loader import ConfigError, load_config
+from internvl_batch.config.model import ModelConfig, SamplingConfig
+
+__all__ = [
+    "ConfigError",
+    "InputConfig",
+    "JobConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "PreprocessConfig",
+    "RuntimeConfig",
+    "SamplingConfig",
+    "TaskConfig",
+    "load_config",
+]

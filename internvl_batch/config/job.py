@@ -1,0 +1,132 @@
+"""The job's sections (input, preprocess, task, runtime, output) and `JobConfig`, which
+composes them with the model section and checks them against each other in one place.
+
+Every section forbids unknown keys, so a typo fails with the field's name instead of being
+ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from internvl_batch.config.base import Section
+from internvl_batch.config.model import ModelConfig, SamplingConfig
+from internvl_batch.media.decode import DecodeConfig
+from internvl_batch.media.fetch import FetchConfig
+from internvl_batch.media.video import VideoConfig
+
+
+class InputConfig(Section):
+    path: str = Field(description="manifest file, directory or glob on any fsspec URL (s3://, gs://, local)")
+    format: Literal["auto", "jsonl", "parquet", "csv"] = "auto"
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (no secrets in files)")
+    id_column: str = "id"
+    image_column: str = "image"
+    video_column: str = "video"
+    question_column: str = "question"
+    start_column: str = "start"
+    end_column: str = "end"
+    passthrough: tuple[str, ...] = Field((), description="manifest columns copied to the output")
+    limit: int | None = Field(None, ge=1, description="first N rows only (smoke runs)")
+
+
+class PreprocessConfig(Section):
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
+    max_num: int = Field(12, ge=1, description="max tiles per single image (the card's max_num)")
+    multi_image_max_num: int = Field(
+        12, ge=1, description="tile budget shared by the images of one multi-image row (n_max)"
+    )
+    use_thumbnail: bool = True
+
+
+CAPTION_PRESETS = {
+    "short_caption": "Please describe the image shortly.",
+    "detailed_caption": "Please describe the image in detail.",
+}
+
+
+class TaskConfig(Section):
+    """One question asked of every row. Several tasks share one fetch and one tiling."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    preset: Literal["short_caption", "detailed_caption"] | None = None
+    prompt: str | None = Field(None, description="a fixed prompt for every row")
+    use_row_question: bool = Field(False, description="ask each row's own question column")
+    system_message: str | None = Field(None, description="None: InternVL2.5's own")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TaskConfig:
+        sources = [self.preset is not None, self.prompt is not None, self.use_row_question]
+        if sum(sources) != 1:
+            raise ValueError(f"task {self.name!r}: set exactly one of preset, prompt, use_row_question")
+        return self
+
+    def question_for(self, row_question: str | None) -> str | None:
+        if self.use_row_question:
+            return row_question or None
+        return self.prompt if self.prompt is not None else CAPTION_PRESETS[self.preset]  # type: ignore[index]
+
+
+class RuntimeConfig(Section):
+    ray_address: str | None = Field(None, description="None: start/join a local Ray; 'auto': the cluster's")
+    use_gpu: bool = Field(True, description="replicas ask Ray for GPUs; false with the CPU build of vLLM")
+    replicas: int = Field(1, ge=1, description="engine actors, one model replica each")
+    cpu_workers: int = Field(2, ge=1, description="concurrent preprocess (fetch/decode/tile) workers")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    preprocess_batch_size: int = Field(4, ge=1, description="rows per preprocess task")
+    engine_batch_size: int = Field(32, ge=1, description="rows per engine call; keep >= max_num_seqs")
+    engine_cpus: float = Field(1.0, ge=0, description="CPUs reserved for each engine actor")
+    op_resource_reservation: bool = Field(
+        False, description="Ray Data's per-operator reservation; off lets small nodes run CPU work in parallel"
+    )
+    retry_failed: bool = Field(False, description="redo rows whose status is not ok")
+    progress_interval_s: float = Field(10.0, gt=0)
+
+
+class OutputConfig(Section):
+    path: str = Field(description="output prefix on any fsspec URL; parquet part files + _SUCCESS")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    rows_per_file: int = Field(5000, ge=1, description="rows per committed part file (resume granularity)")
+    flush_interval_s: float = Field(60.0, gt=0, description="commit a part at least this often")
+
+
+class JobConfig(Section):
+    input: InputConfig
+    model: ModelConfig
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    task: list[TaskConfig] = Field(description="one task, or a list of tasks asked over the same media")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    output: OutputConfig
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobConfig:
+        names = [t.name for t in self.task]
+        if not names:
+            raise ValueError("task: at least one task is needed")
+        if len(set(names)) != len(names):
+            raise ValueError(f"task: names must be unique, got {names}")
+        if self.preprocess.max_num > self.model.max_dynamic_patch:
+            raise ValueError(
+                f"preprocess.max_num={self.preprocess.max_num} exceeds model.max_dynamic_patch="
+                f"{self.model.max_dynamic_patch}: the engine would refuse those images"
+            )
+        from internvl_batch.job.records import check_passthrough
+
+        check_passthrough(self.input.passthrough)
+        frames = self.preprocess.video.num_segments
+        if frames > self.model.max_images_per_prompt:
+            raise ValueError(
+                f"preprocess.video.num_segments={frames} exceeds model.max_images_per_prompt="
+                f"{self.model.max_images_per_prompt} (each frame is one image)"
+            )
+        return self

@@ -1,0 +1,69 @@
+"""The model sections: which checkpoint and how one replica holds it, and how it samples."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from internvl_batch.config.base import Section
+
+
+class ModelConfig(Section):
+    """Which checkpoint, and how one replica of it is held."""
+
+    path: str = Field(description="hub name (OpenGVLab/InternVL2_5-8B), local dir, or object-storage prefix (s3://...)")
+    engine: Literal["vllm", "hf"] = "vllm"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica; 26B/38B/78B need more than one")
+    max_model_len: int = Field(8192, ge=512)
+    max_num_seqs: int = Field(64, ge=1, description="sequences a replica decodes at once")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    quantization: Literal["awq", "awq_marlin", "gptq", "fp8"] | None = Field(
+        None, description="e.g. 'awq' for OpenGVLab/InternVL2_5-78B-AWQ; None reads it from the checkpoint"
+    )
+    max_dynamic_patch: int = Field(12, ge=1, description="most tiles per image the engine accepts (thumbnail excluded)")
+    max_images_per_prompt: int = Field(8, ge=1, description="images (or video frames) one prompt may carry")
+    trust_remote_code: bool = Field(False, description="explicit opt-in; not needed for InternVL2.5")
+    enforce_eager: bool = Field(False, description="skip CUDA graphs / torch.compile (faster start, slower steps)")
+    seed: int = 0
+    cpu_kvcache_gib: int = Field(2, ge=1, description="KV cache GiB on the CPU build of vLLM (whole GiB)")
+    download_dir: str | None = Field(None, description="local cache for object-storage checkpoints")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for an object-storage `path` (credentials: use the environment)",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra vllm.LLM(...) arguments, for knobs not modelled here"
+    )
+
+
+class SamplingConfig(Section):
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, description="-1: off")
+    max_tokens: int = Field(256, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    json_schema: dict[str, Any] | None = Field(None, description="constrain the answer to this JSON schema")
+
+    @field_validator("top_k")
+    @classmethod
+    def _top_k(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError("top_k must be -1 (off) or >= 1")
+        return v
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from jsonschema.exceptions import SchemaError
+            from jsonschema.validators import validator_for
+
+            try:
+                validator_for(v).check_schema(v)
+            except SchemaError as e:
+                raise ValueError(f"not a valid JSON schema: {e.message}") from None
+        return v

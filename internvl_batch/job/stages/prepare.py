@@ -1,0 +1,69 @@
+"""CPU stage: fetch, decode and tile each row's media, once for all of its tasks.
+
+A media failure is data: the row keeps flowing with its status and error, and the
+inference stage turns it into output rows without touching the engine.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from internvl_batch.config import PreprocessConfig
+from internvl_batch.job.records import prepared_schema, tiles_to_bytes
+from internvl_batch.job.stages.base import Batch, Stage
+from internvl_batch.media.decode import decode_image
+from internvl_batch.media.errors import MediaError
+from internvl_batch.media.fetch import Fetcher
+from internvl_batch.media.tiling import split_tile_budget, tile_array, tile_image
+from internvl_batch.media.video import sample_frames
+from internvl_batch.status import Status
+
+
+class PrepareStage(Stage):
+    name = "prepare"
+
+    def __init__(self, cfg: PreprocessConfig, passthrough: tuple[str, ...] = ()):
+        self.cfg = cfg
+        self.schema = prepared_schema(passthrough)
+        self.fetcher = Fetcher(cfg.fetch)
+
+    def _image_tiles(self, urls: list[str]) -> tuple[np.ndarray, list[int]]:
+        budgets = [self.cfg.max_num] if len(urls) == 1 else split_tile_budget(len(urls), self.cfg.multi_image_max_num)
+        tiles = []
+        for url, max_num in zip(urls, budgets):
+            img = decode_image(self.fetcher.fetch(url), self.cfg.decode, source=url)
+            tiles.append(tile_image(img, max_num=max_num, use_thumbnail=self.cfg.use_thumbnail))
+        return np.concatenate(tiles), [len(t) for t in tiles]
+
+    def _video_tiles(self, url: str, start: Any, end: Any) -> tuple[np.ndarray, list[int]]:
+        bound = None
+        if start is not None or end is not None:
+            # the card's own defaults for an open end
+            bound = (-100000 if start is None else float(start), 100000 if end is None else float(end))
+        data = self.fetcher.fetch(url)
+        frames, _ = sample_frames(data, bound, self.cfg.video.num_segments, limits=self.cfg.video, name=url)
+        # each frame: one 448px tile, as the card's load_video(max_num=1)
+        tiles = [tile_array(f, max_num=1, use_thumbnail=self.cfg.use_thumbnail) for f in frames]
+        return np.concatenate(tiles), [len(t) for t in tiles]
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        out: dict[str, Any] = {"tiles": None, "tiles_per_image": []}
+        if row["status"] == Status.OK:
+            try:
+                if row["media"] == "video":
+                    tiles, counts = self._video_tiles(row["video"], row["start"], row["end"])
+                else:
+                    tiles, counts = self._image_tiles(row["images"])
+                out.update(tiles=tiles_to_bytes(tiles), tiles_per_image=counts)
+            except MediaError as e:
+                out.update(status=e.status, error=str(e))
+        out["preprocess_ms"] = (time.perf_counter() - start) * 1000
+        return out
+
+    def process(self, batch: Batch) -> Batch:
+        return pa.Table.from_pylist([{**r, **self._one(r)} for r in batch.to_pylist()], schema=self.schema)
