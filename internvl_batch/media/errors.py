@@ -6,11 +6,14 @@ Every message names the item (URL or source) and, for limits, the config field a
 so a row can be understood without the logs.
 
 Constructors take only the message: exceptions cross process boundaries in Ray, and
-`Exception` pickles `args` only.
+`Exception` pickles `args` only. The message is redacted on the way in (`redact_text`):
+URLs in it lose their userinfo and signature-like query parameters, so a presigned URL
+never puts its signature into an output row, a log line or a pickle.
 """
 
 from typing import ClassVar
 
+from internvl_batch.media.redact import redact_text
 from internvl_batch.status import Status
 
 
@@ -19,6 +22,9 @@ class MediaError(Exception):
 
     status: ClassVar[Status]
     retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str = ""):
+        super().__init__(redact_text(str(message)))
 
 
 class FetchError(MediaError):
@@ -32,8 +38,10 @@ class MediaNotFound(FetchError):
 
 
 class URLNotAllowed(FetchError):
-    """The URL is refused by configuration: unknown or disallowed scheme, local path
-    when `fetch.allow_local` is false, or no object path."""
+    """The URL is refused by configuration: unknown or disallowed scheme, local path when
+    `fetch.allow_local` is false or outside `fetch.local_roots`, no object path, or an
+    http(s) host that is (or resolves to) a loopback, private, link-local or other
+    non-public address not in `fetch.allowed_private_hosts`."""
 
 
 class RetriableFetchError(FetchError):

@@ -2,68 +2,32 @@
 
 Any fsspec protocol works (s3fs, gcsfs, adlfs, http, memory, ...) if the scheme is allowed
 by `FetchConfig` and its implementation is installed. Failures are raised as the typed
-errors of `internvl_batch.media.errors`; only transient ones are retried.
+errors of `internvl_batch.media.errors`; only transient ones are retried, and every
+fetch is counted in `Fetcher.stats`.
+
+Manifest URLs are untrusted: local paths can be confined to `local_roots`, and http(s)
+URLs may not reach loopback, private, link-local or other non-public addresses unless
+`allowed_private_hosts` lists them (`ssrf`, enforced at connection time by `guarded_http`).
 """
 
-import errno
 import functools
+import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from internvl_batch.media.errors import (
-    FetchError,
-    MediaError,
-    MediaNotFound,
-    RetriableFetchError,
-    TooLarge,
-    URLNotAllowed,
-)
+from internvl_batch.media.classify import classify, describe
+from internvl_batch.media.errors import FetchError, MediaError, MediaNotFound, TooLarge, URLNotAllowed
+from internvl_batch.media.redact import redact_text, redact_url
+from internvl_batch.media.ssrf import AddressNotAllowed, AddressPolicy, parse_allowed_entry
 
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
-
-# Error codes that object stores use for "slow down" or for a failure on their side.
-_TRANSIENT_CODES = frozenset(
-    {
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-        "ServiceUnavailable",
-        "PriorRequestNotComplete",
-        "500",
-        "502",
-        "503",
-        "504",
-    }
-)
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
-_TRANSIENT_ERRNOS = frozenset(
-    getattr(errno, name)
-    for name in (
-        "ECONNRESET",
-        "ECONNREFUSED",
-        "ECONNABORTED",
-        "ETIMEDOUT",
-        "EPIPE",
-        "EHOSTUNREACH",
-        "ENETUNREACH",
-        "ENETDOWN",
-        "EAGAIN",
-        "EBUSY",
-        "EREMOTEIO",
-    )
-    if hasattr(errno, name)
-)
+_HTTP_PROTOCOLS = frozenset({"http", "https"})
+_HTTP_CHUNK = 256 * 1024
 
 
 class FetchConfig(BaseModel):
@@ -82,10 +46,23 @@ class FetchConfig(BaseModel):
         description="Whether plain paths and file:// URLs may be read. On for local runs; turn it off on "
         "shared clusters, where a path would read whatever the worker's disk holds.",
     )
+    local_roots: list[str] = Field(
+        [],
+        description="Absolute directories local paths must lie in, after resolving symlinks and '..' "
+        "(a path that leaves them gives fetch_error). Empty: anywhere, when allow_local is true.",
+    )
     allowed_schemes: list[str] = Field(
         ["s3", "gs", "gcs", "http", "https", "memory"],
         description="URL schemes that may be fetched (fsspec protocol names). Local files are governed by "
         "allow_local alone, so 'file' is not listed here.",
+    )
+    allowed_private_hosts: list[str] = Field(
+        [],
+        description="http(s) hosts that may be reached although they are (or resolve to) loopback, private, "
+        "link-local or other non-public addresses, which are refused by default: IP networks in CIDR "
+        "form ('10.20.0.0/16', 'fd00::/8', '127.0.0.1') and host names ('minio.storage.svc' exactly, "
+        "'*.svc.cluster.local' for any name under it). For in-cluster stores; s3/gs endpoints set in "
+        "storage_options are trusted and need no entry.",
     )
     storage_options: dict[str, dict[str, Any]] = Field(
         {},
@@ -116,18 +93,57 @@ class FetchConfig(BaseModel):
             raise ValueError(f"{local} cannot be listed: local files are enabled by fetch.allow_local")
         return schemes
 
+    @field_validator("allowed_private_hosts")
+    @classmethod
+    def _valid_hosts(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_allowed_entry(entry)
+        return entries
+
+    @field_validator("local_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[str]) -> list[str]:
+        relative = [r for r in roots if not os.path.isabs(r)]
+        if relative:
+            raise ValueError(f"local roots must be absolute paths, got {relative}")
+        return roots
+
+
+@dataclass
+class FetchStats:
+    """What one Fetcher's `fetch` calls met; add them up across workers for a job summary.
+
+    Retries the storage SDK makes inside one attempt (botocore, s3fs) are not seen here.
+    """
+
+    fetches: int = 0  # fetch() calls
+    transient_errors: int = 0  # attempts that failed with a retriable error (network, timeout, throttling, 5xx)
+    retries: int = 0  # attempts made again after a transient error
+    failures: int = 0  # fetch() calls that raised: the row gets fetch_error or too_large
+    exhausted: int = 0  # failures that were still transient after fetch.max_attempts attempts
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def __add__(self, other: "FetchStats") -> "FetchStats":
+        return FetchStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
 
 class Fetcher:
     """Reads whole media objects as bytes; build one per worker from a `FetchConfig`.
 
     Filesystems are created lazily, one per protocol, and are not pickled: a Fetcher
-    shipped to a Ray worker re-creates them there.
+    shipped to a Ray worker re-creates them there. Not thread-safe (its `stats` are plain
+    counters): one Fetcher per worker thread.
     """
 
     def __init__(self, config: FetchConfig | None = None, *, sleep: Callable[[float], None] = time.sleep):
         self.config = config or FetchConfig()
+        self.stats = FetchStats()
         self._sleep = sleep
         self._filesystems: dict[str, Any] = {}
+        self._address_policy = AddressPolicy(self.config.allowed_private_hosts)
+        self._local_roots = [os.path.realpath(r) for r in self.config.local_roots]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -137,8 +153,18 @@ class Fetcher:
 
     def fetch(self, url: str) -> bytes:
         """The object's bytes; raises a `MediaError` subclass if it cannot be had."""
+        self.stats.fetches += 1
+        try:
+            return self._fetch(url)
+        except MediaError:
+            self.stats.failures += 1
+            raise
+
+    def _fetch(self, url: str) -> bytes:
         protocol, path = self._resolve(url)
         attempts = self.config.max_attempts
+        # The SDK's exceptions quote the URL as given; with credentials in it they stay out of the chain.
+        keep_cause = redact_url(url) == url
         attempt = 1
         while True:
             try:
@@ -146,14 +172,21 @@ class Fetcher:
             except (MediaError, MemoryError):
                 raise
             except Exception as exc:
-                error_class, detail = _classify(exc)
+                cause = exc if keep_cause else None
+                refusal = _address_refusal(exc)
+                if refusal is not None:
+                    raise URLNotAllowed(f"{url}: {refusal}") from cause
+                error_class, detail = classify(exc)
                 if not error_class.retriable:
-                    raise error_class(f"{url}: {detail}") from exc
+                    raise error_class(f"{url}: {detail}") from cause
+                self.stats.transient_errors += 1
                 if attempt == attempts:
+                    self.stats.exhausted += 1
                     raise FetchError(
                         f"{url}: giving up after {attempt} attempts (fetch.max_attempts={attempts}); "
                         f"last error: {detail}"
-                    ) from exc
+                    ) from cause
+            self.stats.retries += 1
             self._sleep(self._backoff_s(attempt))
             attempt += 1
 
@@ -165,10 +198,11 @@ class Fetcher:
         except MediaError as exc:
             return str(exc)
         except Exception as exc:
-            return f"{url}: {_describe(exc)}"
+            refusal = _address_refusal(exc)
+            return redact_text(f"{url}: {refusal if refusal is not None else describe(exc)}")
         size = info.get("size")
         if size is not None and size > self.config.max_bytes:
-            return f"{url}: {size} bytes exceeds fetch.max_bytes={self.config.max_bytes}"
+            return redact_text(f"{url}: {size} bytes exceeds fetch.max_bytes={self.config.max_bytes}")
         return None
 
     def _resolve(self, url: str) -> tuple[str, str]:
@@ -198,7 +232,35 @@ class Fetcher:
         path = fs_class._strip_protocol(url)
         if not path:
             raise URLNotAllowed(f"{url}: URL has no object path")
+        if protocol == "file" and self._local_roots:
+            path = self._inside_roots(url, path)
+        elif protocol in _HTTP_PROTOCOLS:
+            self._check_http_host(url)
         return protocol, path
+
+    def _inside_roots(self, url: str, path: str) -> str:
+        """The real path of a local `path` if it lies in a local root (symlinks and '..' resolved)."""
+        real = os.path.realpath(path)
+        for root in self._local_roots:
+            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                # The resolved path is the one read, so a symlink swapped in after this check
+                # cannot point the read elsewhere.
+                return real
+        raise URLNotAllowed(f"{url}: outside fetch.local_roots={self.config.local_roots}")
+
+    def _check_http_host(self, url: str) -> None:
+        """Refuse an IP-literal host early; names are checked when they resolve (guarded_http)."""
+        import yarl
+
+        try:
+            host = yarl.URL(url).host
+        except ValueError as exc:
+            raise URLNotAllowed(f"{url}: not a valid URL: {exc}") from None
+        if not host:
+            raise URLNotAllowed(f"{url}: URL has no host")
+        refusal = self._address_policy.host_refusal(host)
+        if refusal is not None:
+            raise URLNotAllowed(f"{url}: {refusal}")
 
     def _filesystem(self, protocol: str) -> Any:
         fs = self._filesystems.get(protocol)
@@ -211,6 +273,11 @@ class Fetcher:
 
     def filesystem_options(self, protocol: str) -> dict[str, Any]:
         options = dict(self.config.storage_options.get(protocol, {}))
+        if protocol in _HTTP_PROTOCOLS:
+            from internvl_batch.media.guarded_http import guarded_client
+
+            # Always ours: the address policy lives in the session's connector.
+            options["get_client"] = functools.partial(guarded_client, self._address_policy)
         timeout = self.config.timeout_s
         if timeout is None:
             return options
@@ -220,7 +287,7 @@ class Fetcher:
                 "read_timeout": timeout,
                 **options.get("config_kwargs", {}),
             }
-        elif protocol in ("http", "https"):
+        elif protocol in _HTTP_PROTOCOLS:
             import aiohttp
 
             # Inactivity timeouts, not a total: a large video on a slow link is fine while bytes flow.
@@ -233,6 +300,10 @@ class Fetcher:
     def _read(self, url: str, protocol: str, path: str) -> bytes:
         fs = self._filesystem(protocol)
         limit = self.config.max_bytes
+        if protocol in _HTTP_PROTOCOLS:
+            from fsspec.asyn import sync
+
+            return sync(fs.loop, _stream_http, fs, url, limit)
         info = fs.info(path)
         if info.get("type") == "directory":
             raise MediaNotFound(f"{url}: is a directory, not a file")
@@ -256,95 +327,42 @@ class Fetcher:
         return cap / 2 + random.uniform(0, cap / 2)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+async def _stream_http(fs: Any, url: str, limit: int) -> bytes:
+    """One GET, read in chunks and cut off past `limit`.
 
-
-def _classify(exc: Exception) -> tuple[type[FetchError], str]:
-    """The error class for an exception from a filesystem, and a description of it.
-
-    The deepest recognised exception in the `raise ... from` chain decides: wrappers are
-    generic (fsspec's HTTP filesystem turns a 503 into FileNotFoundError, s3fs turns
-    botocore errors into OSError subclasses) while the original says what happened.
-    Anything unrecognised is a non-retriable FetchError.
+    Not fsspec's cat_file: it reads the whole response into memory, and a server that
+    ignores the Range header (or sends no length, or a compressed body) would make that
+    unbounded. One request instead of fsspec's HEAD (or GET) for the size, then a GET.
     """
-    kind, decider = None, exc
+    kwargs = dict(fs.kwargs)
+    # Media is compressed already; identity keeps Content-Length the true size.
+    kwargs["headers"] = {**kwargs.get("headers", {}), "Accept-Encoding": "identity"}
+    session = await fs.set_session()
+    async with session.get(fs.encode_url(url), **kwargs) as response:
+        if response.status == 404:
+            raise FileNotFoundError(url)
+        response.raise_for_status()
+        size = response.content_length
+        if size is not None and size > limit:
+            raise TooLarge(f"{url}: {size} bytes exceeds fetch.max_bytes={limit}")
+        data = bytearray()
+        async for chunk in response.content.iter_chunked(_HTTP_CHUNK):
+            data += chunk
+            if len(data) > limit:
+                raise TooLarge(f"{url}: more than {limit} bytes, exceeds fetch.max_bytes={limit}")
+    return bytes(data)
+
+
+def _address_refusal(exc: BaseException) -> str | None:
+    """The reason of an AddressNotAllowed anywhere in `exc`'s chain (fsspec wraps it), or None."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
         seen.add(id(current))
-        current_kind = _kind(current)
-        if current_kind is not None:
-            kind, decider = current_kind, current
-        current = current.__cause__
-    detail = _describe(exc) if decider is exc else f"{_describe(exc)} (caused by {_describe(decider)})"
-    if kind == "not_found":
-        return MediaNotFound, f"not found: {detail}"
-    if kind == "transient":
-        return RetriableFetchError, detail
-    return FetchError, detail
-
-
-def _kind(exc: BaseException) -> str | None:
-    """'not_found', 'transient', 'fatal', or None when this exception alone does not tell."""
-    types = _sdk_exception_types()
-    if isinstance(exc, FileNotFoundError):
-        return "not_found"
-    if isinstance(exc, (PermissionError, IsADirectoryError)):
-        return "fatal"
-    if isinstance(exc, types["client_error"]):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        if code in _NOT_FOUND_CODES or status == 404:
-            return "not_found"
-        if code in _TRANSIENT_CODES or status == 429 or status >= 500:
-            return "transient"
-        return "fatal"
-    if isinstance(exc, types["http_response_error"]):
-        if exc.status == 404:
-            return "not_found"
-        return "transient" if exc.status in (408, 429) or exc.status >= 500 else "fatal"
-    if isinstance(exc, (TimeoutError, ConnectionError) + types["transient"]):
-        return "transient"
-    if isinstance(exc, types["sdk_error"]):
-        return "fatal"
-    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
-        return "transient"
+        if isinstance(current, AddressNotAllowed):
+            return str(current)
+        stack += [current.__cause__, current.__context__]
     return None
-
-
-@functools.cache
-def _sdk_exception_types() -> dict[str, tuple[type[BaseException], ...]]:
-    """Exception classes of the storage SDKs that are installed (imported on first use)."""
-    types: dict[str, tuple[type[BaseException], ...]] = {
-        "client_error": (),
-        "http_response_error": (),
-        "transient": (),
-        "sdk_error": (),
-    }
-    try:
-        import botocore.exceptions as boto
-        from botocore.parsers import ResponseParserError
-    except ImportError:
-        pass
-    else:
-        types["client_error"] += (boto.ClientError,)
-        # Connection failures and timeouts; ResponseParserError because throttled responses
-        # sometimes carry invalid XML (s3fs treats it as retriable for the same reason).
-        types["transient"] += (
-            boto.HTTPClientError,
-            boto.ConnectionError,
-            boto.IncompleteReadError,
-            ResponseParserError,
-        )
-        types["sdk_error"] += (boto.BotoCoreError,)
-    try:
-        import aiohttp
-    except ImportError:
-        pass
-    else:
-        types["http_response_error"] += (aiohttp.ClientResponseError,)
-        types["transient"] += (aiohttp.ClientError,)
-    return types

@@ -35,6 +35,13 @@ class VideoConfig(BaseModel):
         gt=0,
         description="Most frames a video may have (default: one hour at 60 fps); more gives too_large.",
     )
+    max_frame_pixels: int = Field(
+        7680 * 4320,
+        gt=0,
+        description="Largest frame (width*height) accepted, 8K UHD by default; larger gives too_large. "
+        "Checked on the first sampled frame, before any other is decoded: a few KB of video can "
+        "declare frames of hundreds of megapixels, and the sampled frames are held together.",
+    )
 
 
 def get_index(bound: Any, fps: float, max_frame: int, first_idx: int = 0, num_segments: int = 32) -> np.ndarray:
@@ -65,8 +72,9 @@ def sample_frames(
 
     `source` is the encoded video as bytes, a path, or a binary file-like object. Frames are
     read one by one with `vr[i]`, as the card does; only the sampled frames are decoded.
-    `limits` (duration and frame count) are checked before any frame is decoded; `name`
-    (the URL) names the item in error messages.
+    `limits`: duration and frame count are checked before any frame is decoded, the frame
+    size on the first one (decord tells no size before decoding). `name` (the URL) names the
+    item in error messages.
     """
     label = name or _label(source)
     with _video_reader(source, label) as vr:
@@ -84,8 +92,30 @@ def sample_frames(
                 f"{label}: bound={bound} selects {len(outside)} frame indices outside the video "
                 f"(e.g. {outside[0]}; it has {num_frames} frames at {fps:g} fps)"
             )
-        frames = np.stack([_read_frame(vr, i, label) for i in indices])
+        frames = _read_frames(vr, indices, limits, label)
     return frames, indices
+
+
+def _read_frames(vr: Any, indices: list[int], limits: VideoConfig | None, label: str) -> np.ndarray:
+    """The frames at `indices` in one preallocated array (a list then np.stack held them twice)."""
+    first = _read_frame(vr, indices[0], label)
+    height, width = first.shape[:2]
+    if limits is not None and height * width > limits.max_frame_pixels:
+        raise TooLarge(
+            f"{label}: {width}x{height} = {width * height} pixels per frame exceeds "
+            f"video.max_frame_pixels={limits.max_frame_pixels}"
+        )
+    frames = np.empty((len(indices), *first.shape), first.dtype)
+    frames[0] = first
+    del first
+    for k in range(1, len(indices)):
+        if indices[k] == indices[k - 1]:
+            # Short videos sample one frame several times; decoding is deterministic, so copy it.
+            frames[k] = frames[k - 1]
+            continue
+        # decord scales every frame to the stream's size, so a mid-stream size change still fits.
+        frames[k] = _read_frame(vr, indices[k], label)
+    return frames
 
 
 def check_video_limits(num_frames: int, fps: float, limits: VideoConfig, label: str) -> None:

@@ -242,3 +242,56 @@ def test_config_rejects_typos():
     with pytest.raises(ValidationError, match="NOPE"):
         DecodeConfig(formats=["png", "nope"])
     assert DecodeConfig(formats=["png"]).formats == ("PNG",)
+
+
+# -- unusual but valid inputs: the card's first frame, every orientation on every mode ------------
+
+
+def _frames(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(9)
+    return [Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP", "MPO"])
+def test_animated_and_multi_picture_images_give_the_cards_first_frame(fmt):
+    first, *rest = _frames(3)
+    data = encode(first, fmt, save_all=True, append_images=rest)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+    img = decode_image(data, CFG)
+    assert img.size == first.size
+    np.testing.assert_array_equal(np.asarray(img), card_rgb(data))
+
+
+def test_48_bit_png_matches_the_card():
+    from tests.support.hostile import rgb48_png
+
+    data = rgb48_png()
+    np.testing.assert_array_equal(np.asarray(decode_image(data, CFG)), card_rgb(data))
+
+
+def _i16(size: tuple[int, int]) -> Image.Image:
+    pixels = np.random.default_rng(2).integers(0, 65536, (size[1], size[0])).astype("<u2")
+    return Image.frombytes("I;16", size, pixels.tobytes())
+
+
+@pytest.mark.parametrize("mode, fmt", [("CMYK", "JPEG"), ("I;16", "PNG"), ("L", "PNG"), ("P", "PNG"), ("RGB", "WEBP")])
+def test_exif_orientation_applies_to_every_mode(rgb, mode, fmt):
+    img = _i16(rgb.size) if mode == "I;16" else rgb.convert(mode)
+    data = _with_orientation(img, fmt, 8)
+    assert Image.open(io.BytesIO(data)).mode == mode
+    np.testing.assert_array_equal(np.asarray(decode_image(data, CFG)), np.rot90(card_rgb(data), 1))
+    np.testing.assert_array_equal(np.asarray(decode_image(data, DecodeConfig(exif_transpose=False))), card_rgb(data))
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB"])
+def test_tiff_orientation_is_applied_once(rgb, mode):
+    # Pillow's TIFF reader applies the Orientation tag itself (the card's pixels are turned
+    # too): decoding must not turn them a second time, whatever exif_transpose says.
+    img = _i16(rgb.size) if mode == "I;16" else rgb.convert(mode)
+    data = _with_orientation(img, "TIFF", 8)
+    turned = np.rot90(np.asarray(img.convert("RGB")), 1)
+    for cfg in (CFG, DecodeConfig(exif_transpose=False)):
+        decoded = np.asarray(decode_image(data, cfg))
+        np.testing.assert_array_equal(decoded, card_rgb(data))
+        if mode != "I;16":  # I;16 -> RGB clips; the orientation check above is enough there
+            np.testing.assert_array_equal(decoded, turned)

@@ -1,9 +1,10 @@
-"""Fetcher: real S3 (SeaweedFS), local, memory:// and HTTP reads; limits; which errors are retried."""
+"""Fetcher: real S3 (SeaweedFS), local and memory:// reads; limits; which errors are retried and how they are counted.
+
+HTTP reads: test_fetch_http.py; the address policy for http(s): test_ssrf.py."""
 
 import errno
-import http.server
 import pickle
-import threading
+import ssl
 import uuid
 
 import aiohttp
@@ -11,6 +12,7 @@ import fsspec
 import multidict
 import pytest
 import yarl
+from aiohttp.client_reqrep import ConnectionKey
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from fsspec.exceptions import FSTimeoutError
 from fsspec.spec import AbstractFileSystem
@@ -23,7 +25,7 @@ from internvl_batch.media.errors import (
     TooLarge,
     URLNotAllowed,
 )
-from internvl_batch.media.fetch import FetchConfig, Fetcher
+from internvl_batch.media.fetch import FetchConfig, Fetcher, FetchStats
 
 
 def _client_error(code: str, status: int, operation: str = "GetObject") -> ClientError:
@@ -300,6 +302,7 @@ def test_transient_errors_are_retried_with_backoff(make_error):
     assert script.attempts == 3
     assert len(sleeps) == 2
     assert 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0
+    assert fetcher.stats == FetchStats(fetches=1, transient_errors=2, retries=2, failures=0, exhausted=0)
 
 
 NOT_RETRIED = {
@@ -312,7 +315,19 @@ NOT_RETRIED = {
     "missing": (lambda: FileNotFoundError("bucket/a.jpg"), MediaNotFound),
     "s3fs NoSuchKey": (lambda: _s3fs_style(FileNotFoundError("bucket/a.jpg"), "NoSuchKey", 404), MediaNotFound),
     "fsspec http 404": (lambda: _caused(FileNotFoundError("http://h/a.jpg"), _http_status(404)), MediaNotFound),
+    # aiohttp ClientErrors that no retry fixes (ClientError as such is transient)
+    "aiohttp invalid URL": (lambda: aiohttp.InvalidURL("http://[::1"), FetchError),
+    "aiohttp bad redirect": (
+        lambda: _caused(FileNotFoundError("http://h/a.jpg"), aiohttp.InvalidUrlRedirectClientError("http://[x", "bad")),
+        FetchError,
+    ),
+    "aiohttp certificate": (lambda: _certificate_error(), FetchError),
 }
+
+
+def _certificate_error() -> aiohttp.ClientConnectorCertificateError:
+    key = ConnectionKey("h", 443, True, True, None, None, None)
+    return aiohttp.ClientConnectorCertificateError(key, ssl.SSLCertVerificationError(1, "certificate verify failed"))
 
 
 @pytest.mark.parametrize("make_error, expected", NOT_RETRIED.values(), ids=NOT_RETRIED.keys())
@@ -323,6 +338,7 @@ def test_other_errors_are_not_retried(make_error, expected):
         fetcher.fetch("scripted://bucket/a.jpg")
     assert type(info.value) is expected
     assert script.attempts == 1 and sleeps == []
+    assert fetcher.stats == FetchStats(fetches=1, failures=1)
 
 
 def test_exhausted_retries_give_a_final_fetch_error():
@@ -337,6 +353,7 @@ def test_exhausted_retries_give_a_final_fetch_error():
     assert script.attempts == 5
     caps = [1, 2, 2, 2]  # doubling from backoff_initial_s, capped at backoff_max_s
     assert len(sleeps) == 4 and all(cap / 2 <= s <= cap for s, cap in zip(sleeps, caps))
+    assert fetcher.stats == FetchStats(fetches=1, transient_errors=5, retries=4, failures=1, exhausted=1)
 
 
 def test_single_attempt_config_never_sleeps():
@@ -352,55 +369,17 @@ def test_retriable_error_class_is_marked_retriable():
     assert not FetchError.retriable
 
 
-# -- HTTP, against a real local server ------------------------------------------------------------
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    failures_left: dict[str, int] = {}
-
-    def do_HEAD(self):
-        self._respond(body=False)
-
-    def do_GET(self):
-        self._respond(body=True)
-
-    def _respond(self, body: bool) -> None:
-        if self.path == "/missing.jpg":
-            self.send_error(404)
-            return
-        if self.failures_left.get(self.path, 0) > 0:
-            self.failures_left[self.path] -= 1
-            self.send_error(503)
-            return
-        data = b"served over http"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def http_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_http_fetch_missing_and_flaky(http_server):
-    sleeps: list[float] = []
-    fetcher = Fetcher(sleep=sleeps.append)
-    assert fetcher.fetch(f"{http_server}/a.jpg") == b"served over http"
-    with pytest.raises(MediaNotFound):
-        fetcher.fetch(f"{http_server}/missing.jpg")
-    assert sleeps == []
-    # A 503 answers both the HEAD and the GET fsspec sends to probe the size: two failed attempts.
-    _Handler.failures_left["/flaky.jpg"] = 4
-    assert fetcher.fetch(f"{http_server}/flaky.jpg") == b"served over http"
-    assert len(sleeps) == 2
+def test_stats_count_every_fetch_and_add_up_across_workers(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"a")
+    fetcher = Fetcher(FetchConfig(allow_local=True))
+    fetcher.fetch(str(tmp_path / "a.jpg"))
+    for url in (str(tmp_path / "nope.jpg"), "ftp://host/a.jpg", ""):
+        with pytest.raises(FetchError):
+            fetcher.fetch(url)
+    assert fetcher.stats == FetchStats(fetches=4, failures=3)
+    flaky, _ = scripted_fetcher(Script(TimeoutError("slow"), data=b"x"))
+    flaky.fetch("scripted://bucket/a.jpg")
+    total = fetcher.stats + flaky.stats
+    assert total.as_dict() == {"fetches": 5, "transient_errors": 1, "retries": 1, "failures": 3, "exhausted": 0}
+    # A Fetcher shipped to a worker keeps counting from where it was.
+    assert pickle.loads(pickle.dumps(flaky)).stats == flaky.stats

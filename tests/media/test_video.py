@@ -175,3 +175,50 @@ def test_missing_decord_says_what_to_install(monkeypatch, videos):
     monkeypatch.setitem(sys.modules, "decord", None)
     with pytest.raises(ImportError, match="pip install decord"):
         sample_frames(videos["mp4v-30fps"])
+
+
+# -- hostile videos -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fourcc, name", [("mp4v", "one.mp4"), ("MJPG", "one.avi")])
+def test_one_frame_video_gives_that_frame_num_segments_times(tmp_path, fourcc, name):
+    path = write_video(tmp_path / name, fourcc, 30.0, 1)
+    expected, expected_indices = card_frames(path, None, 8)
+    frames, indices = sample_frames(open(path, "rb").read(), None, 8, limits=VideoConfig())
+    assert indices == expected_indices.tolist() == [0] * 8
+    np.testing.assert_array_equal(frames, expected)
+
+
+def test_frames_over_max_frame_pixels_are_too_large_before_the_rest_are_decoded(videos, monkeypatch):
+    path = videos["mp4v-30fps"]
+    limit = WIDTH * HEIGHT
+    with pytest.raises(TooLarge, match=rf"160x120 = 19200 pixels per frame exceeds video.max_frame_pixels={limit - 1}"):
+        sample_frames(path, None, 8, limits=VideoConfig(max_frame_pixels=limit - 1))
+    from decord import VideoReader
+
+    decoded = []
+    real_getitem = VideoReader.__getitem__
+    # Spies on decord to count decoded frames; the decoding itself is real.
+    monkeypatch.setattr(VideoReader, "__getitem__", lambda vr, i: decoded.append(i) or real_getitem(vr, i))
+    with pytest.raises(TooLarge):
+        sample_frames(path, None, 8, limits=VideoConfig(max_frame_pixels=limit - 1))
+    assert len(decoded) == 1
+    frames, _ = sample_frames(path, None, 8, limits=VideoConfig(max_frame_pixels=limit))
+    assert frames.shape == (8, HEIGHT, WIDTH, 3)
+
+
+def test_a_tiny_file_declaring_huge_frames_is_refused_after_one_frame(tmp_path):
+    # 4000x4000 black MJPEG: ~200 KB on disk, 384 MB as 8 sampled RGB frames before this limit.
+    path = write_video_sized(tmp_path / "huge.avi", 4000, 4000, frames=2)
+    assert (tmp_path / "huge.avi").stat().st_size < 1024**2
+    with pytest.raises(TooLarge, match="4000x4000 = 16000000 pixels per frame exceeds video.max_frame_pixels=8294400"):
+        sample_frames(open(path, "rb").read(), None, 8, limits=VideoConfig(max_frame_pixels=3840 * 2160))
+
+
+def write_video_sized(path, width: int, height: int, frames: int) -> str:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 1.0, (width, height))
+    assert writer.isOpened()
+    for _ in range(frames):
+        writer.write(np.zeros((height, width, 3), np.uint8))
+    writer.release()
+    return str(path)
