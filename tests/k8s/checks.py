@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import posixpath
 import re
-import shlex
-import subprocess
-import sys
 import zoneinfo
-from pathlib import Path
-from subprocess import list2cmdline
 
 from internvl_batch.config import JobConfig
 from tests.k8s.dockerfile import repo_path_in_image
+from tests.k8s.entrypoint_run import ENTRYPOINT_COMMAND, ENTRYPOINT_IN_IMAGE
 from tests.k8s.manifests import (
     REPO,
     configmap_key,
@@ -28,28 +23,35 @@ from tests.k8s.manifests import (
     volumes_mounted_at,
 )
 
-RETRY_GAP_S = 900  # allowance between two attempts of a RayJob (cluster teardown, new submit)
+RETRY_GAP_S = 900  # allowance per attempt of a RayJob for cluster teardown and a new submission
 
 
 def entrypoint_problems(spec: dict, configmaps: dict[str, dict], files: dict[str, str]) -> list[str]:
-    """The entrypoint runs a script the image has, with a job config from a mounted ConfigMap."""
+    """The entrypoint runs the image's internvl-rayjob on a job config from a mounted ConfigMap."""
     entrypoint = spec.get("entrypoint", "")
     problems = []
-    if "\n" in entrypoint or "#" in entrypoint or "\\" in entrypoint:
-        problems.append("the entrypoint must be one line without '#' or '\\' (KubeRay pastes it into a shell line)")
+    if "\n" in entrypoint or "#" in entrypoint or "\\" in entrypoint or "$" in entrypoint:
+        problems.append(
+            "the entrypoint must be one line without '#', '\\' or '$' (a shell runs it; dates come from --days-ago)"
+        )
     try:
         argv = static_argv(entrypoint)
     except ValueError as e:
         return [*problems, f"entrypoint does not parse as a shell command: {e}"]
-    if len(argv) < 3 or argv[0] not in ("python", "python3"):
-        return [*problems, f"expected `python /app/jobs/run_job.py CONFIG [--set k=v ...]`, got {entrypoint!r}"]
-    script, config = argv[1], argv[2]
-    src = repo_path_in_image(script, files)
+    usage = f"`{ENTRYPOINT_COMMAND} [--days-ago N | --night DATE] CONFIG [--set k=v ...]`"
+    if not argv or argv[0] != ENTRYPOINT_COMMAND:
+        return [*problems, f"expected {usage}, got {entrypoint!r}"]
+    src = repo_path_in_image(ENTRYPOINT_IN_IMAGE, files)
     if src is None:
-        problems.append(f"{script} is not COPY'd into the image by docker/Dockerfile")
+        problems.append(f"{ENTRYPOINT_IN_IMAGE} is not installed by docker/Dockerfile")
     elif not (REPO / src).is_file():
-        problems.append(f"{script} comes from {src}, which does not exist in the repo")
-    rest = argv[3:]
+        problems.append(f"{ENTRYPOINT_IN_IMAGE} comes from {src}, which does not exist in the repo")
+    rest = argv[1:]
+    if rest[:1] in (["--days-ago"], ["--night"]):
+        rest = rest[2:]
+    if not rest or rest[0].startswith("-"):
+        return [*problems, f"expected {usage}, got {entrypoint!r}"]
+    config, rest = rest[0], rest[1:]
     while rest:
         if rest[0] != "--set" or len(rest) < 2 or "=" not in rest[1]:
             problems.append(f"unexpected entrypoint arguments {rest}")
@@ -195,7 +197,8 @@ def image_problems(image: str, pin: str) -> list[str]:
 
 
 def cron_problems(cron: dict) -> list[str]:
-    """A daily schedule whose every attempt ends the same UTC day, before the next night starts."""
+    """A daily UTC schedule naming its night explicitly, whose one attempt ends the same UTC day,
+    before the next night starts (so every attempt and resubmission computes the same {night})."""
     spec, problems = cron["spec"], []
     jt = spec["jobTemplate"]
     fields = str(spec.get("schedule", "")).split()
@@ -207,11 +210,15 @@ def cron_problems(cron: dict) -> list[str]:
         zone = zoneinfo.ZoneInfo(tz) if tz else None
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return [f"timeZone {tz!r} is not an IANA time zone"]
-    utc = zone is not None and all(zone.utcoffset(dt.datetime(2025, m, 1)) == dt.timedelta(0) for m in (1, 7))
-    if "$(date" in jt.get("entrypoint", "") and not utc:
-        problems.append(f"timeZone {tz!r}: the entrypoint dates each run with `date -u`; schedule in UTC (Etc/UTC) too")
-    if "$(date" in jt.get("entrypoint", "") and "date -u" not in jt["entrypoint"]:
-        problems.append("the entrypoint's $(date ...) must be UTC (date -u)")
+    if zone is None or not all(zone.utcoffset(dt.datetime(2025, m, 1)) == dt.timedelta(0) for m in (1, 7)):
+        problems.append(f"timeZone {tz!r}: --days-ago counts UTC days; schedule in UTC (Etc/UTC) too")
+    argv = static_argv(jt.get("entrypoint", ""))
+    if argv[1:2] != ["--days-ago"] or not argv[2:3] or not argv[2].isdigit():
+        problems.append("the nightly entrypoint must name its night explicitly: internvl-rayjob --days-ago N ...")
+    sets = dict(a.split("=", 1) for a in argv if "=" in a)
+    for key in ("input.path", "output.path"):
+        if "{night}" not in sets.get(key, ""):
+            problems.append(f"--set {key}=... must contain {{night}}: each night reads and writes its own prefix")
     if not jt.get("shutdownAfterJobFinishes"):
         problems.append("jobTemplate.shutdownAfterJobFinishes must be true (a kept cluster holds the GPUs)")
     deadline = jt.get("activeDeadlineSeconds")
@@ -223,28 +230,6 @@ def cron_problems(cron: dict) -> list[str]:
         problems.append(
             f"a night may run until {end / 3600:.1f} h after midnight ({attempts} attempts x "
             f"({deadline} s + {RETRY_GAP_S} s) + ttl from {fields[1]}:{fields[0]}): it could overlap the next night "
-            f"and a retry after midnight would read and write the next date's prefixes"
+            f"and an attempt after midnight would compute the next date for {{night}}"
         )
     return problems
-
-
-def simulate_entrypoint(entrypoint: str, cwd: Path) -> list[str]:
-    """The argv run_job.py gets, through both shells KubeRay uses, which must agree.
-
-    K8sJobMode: the submitter runs `bash -c "... ray job submit ... -- <entrypoint> ; ..."`
-    and `ray job submit` joins its arguments with subprocess.list2cmdline; the head then runs
-    that string with /bin/sh (shell=True). HTTPMode: /bin/sh on the head runs the entrypoint.
-    `python` is replaced by a function that prints its arguments.
-    """
-
-    def run(shell: str, line: str) -> list[str]:
-        stub = f"python() {{ {shlex.quote(sys.executable)} -I -S -c 'import json,sys; print(json.dumps(sys.argv[1:]))' \"$@\"; }}\n"
-        res = subprocess.run([shell, "-c", stub + line], cwd=cwd, capture_output=True, text=True, timeout=30)
-        assert res.returncode == 0, f"{shell} failed on {line!r}: {res.stderr}"
-        return json.loads(res.stdout)
-
-    submitted = run("bash", entrypoint + " ;")
-    on_head = run("sh", list2cmdline(["python", *submitted]))
-    http_mode = run("sh", entrypoint)
-    assert on_head == submitted == http_mode, (submitted, on_head, http_mode)
-    return submitted

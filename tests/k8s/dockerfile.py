@@ -34,11 +34,14 @@ def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
 
 
 def final_stage(instructions: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
-    """The base image and the instructions of the last build stage."""
+    """The base image (global ARG defaults substituted, as a build without --build-arg does)
+    and the instructions of the last build stage."""
     froms = [i for i, (instr, _) in enumerate(instructions) if instr == "FROM"]
     assert froms, "the Dockerfile has no FROM"
-    args = [a for a in instructions[froms[-1]][1].split() if not a.startswith("--")]
-    return args[0], instructions[froms[-1] + 1 :]
+    defaults = dict(args.split("=", 1) for instr, args in instructions[: froms[0]] if instr == "ARG" and "=" in args)
+    base = [a for a in instructions[froms[-1]][1].split() if not a.startswith("--")][0]
+    base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults[m.group(1) or m.group(2)], base)
+    return base, instructions[froms[-1] + 1 :]
 
 
 def image_file_map(instructions: list[tuple[str, str]]) -> dict[str, str]:

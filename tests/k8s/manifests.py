@@ -162,9 +162,17 @@ def configmap_key(ref: dict, filename: str) -> str:
     return filename
 
 
+def entrypoint_config(entrypoint: str) -> str:
+    """CONFIG of `internvl-rayjob [--days-ago N | --night DATE] CONFIG [--set k=v ...]`."""
+    args = static_argv(entrypoint)[1:]
+    if args[:1] in (["--days-ago"], ["--night"]):
+        args = args[2:]
+    return args[0]
+
+
 def mounted_job_config(spec: dict, configmaps: dict[str, dict]) -> str:
     """The text of the job config the entrypoint reads, from the ConfigMap mounted there."""
-    config = static_argv(spec["entrypoint"])[2]
+    config = entrypoint_config(spec["entrypoint"])
     (volume,) = volumes_mounted_at(spec, posixpath.dirname(config))
     ref = volume["configMap"]
     return configmaps[ref["name"]]["data"][configmap_key(ref, posixpath.basename(config))]

@@ -1,6 +1,7 @@
 """What a schema can't check: the entrypoint's script is in the image and its config mounted and
 valid, GPUs fit tensor_parallel_size, Ray versions match the pin, credentials come from Secrets,
-/dev/shm is memory-backed, the nightly cron fits its time budget; and each check catches what it should."""
+/dev/shm is memory-backed, the nightly cron names its night and fits its time budget; and each
+check catches what it should."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import copy
 import datetime as dt
 import functools
 import re
-import shlex
 import shutil
 
 import pytest
@@ -23,9 +23,9 @@ from tests.k8s.checks import (
     image_problems,
     secret_problems,
     shm_problems,
-    simulate_entrypoint,
 )
 from tests.k8s.dockerfile import final_stage
+from tests.k8s.entrypoint_run import run_entrypoint
 from tests.k8s.manifests import (
     K8S_DIR,
     REPO,
@@ -37,14 +37,15 @@ from tests.k8s.manifests import (
     mounted_job_config,
     quantity,
     set_path,
+    static_argv,
     walk,
 )
 
 PYTHON_TAG = "py311"  # the Python the project is built and tested on
 
-needs_shells = pytest.mark.skipif(
-    not (shutil.which("bash") and shutil.which("sh")),
-    reason="bash and sh are needed to run the entrypoint as KubeRay does",
+needs_shell = pytest.mark.skipif(
+    not (shutil.which("sh") and shutil.which("date") and shutil.which("sed")),
+    reason="sh, date and sed are needed to run the entrypoint as the head does",
 )
 
 
@@ -103,14 +104,12 @@ def test_credentials_only_from_secrets(item):
 
 
 @pytest.mark.parametrize("item", job_specs(), ids=ids(job_specs()))
-def test_job_lifecycle_is_bounded_and_retried(item):
+def test_job_lifecycle_is_bounded(item):
     _, spec = item
     assert spec.get("shutdownAfterJobFinishes") is True
     assert spec.get("ttlSecondsAfterFinished", 0) > 0
     assert spec.get("activeDeadlineSeconds", 0) > 0
-    assert spec.get("backoffLimit", 0) >= 1, "reruns resume, so KubeRay retries are safe and wanted"
     cluster = spec["rayClusterSpec"]
-    assert cluster.get("enableInTreeAutoscaling") is True
     for g in cluster["workerGroupSpecs"]:
         assert "minReplicas" in g and "maxReplicas" in g
         assert g["minReplicas"] <= g.get("replicas", 0) <= g["maxReplicas"]
@@ -142,28 +141,40 @@ def test_nightly_cron_never_overlaps_and_keeps_its_date():
     assert cron_problems(cron.body) == []
 
 
-@needs_shells
-def test_nightly_entrypoint_reads_and_writes_that_nights_prefixes(tmp_path, configmaps, validate_config):
+@needs_shell
+def test_nightly_entrypoint_reads_and_writes_yesterdays_prefixes(tmp_path, configmaps, validate_config, image_files):
     (cron,) = docs_of("RayCronJob")
     spec = cron.body["spec"]["jobTemplate"]
-    today = {dt.datetime.now(dt.UTC).date().isoformat()}
-    argv = simulate_entrypoint(spec["entrypoint"], tmp_path)
-    today.add(dt.datetime.now(dt.UTC).date().isoformat())
-    assert argv[:2] == ["/app/jobs/run_job.py", "/etc/internvl-batch/job.yaml"]
-    overrides = argv[2:][1::2]
-    assert argv[2:][0::2] == ["--set"] * len(overrides)
+    today = dt.datetime.now(dt.UTC).date()
+    ran = run_entrypoint(spec["entrypoint"], tmp_path, image_files)
+    assert ran.code == 0, ran.stderr
+    (validate, run) = ran.calls
+    assert validate[0] == "validate" and run[0] == "run" and validate[1:] == run[1:], (
+        "validate must check exactly what runs"
+    )
+    assert run[1] == "/etc/internvl-batch/job.yaml"
+    overrides = run[2:][1::2]
+    assert run[2:][0::2] == ["--set"] * len(overrides)
     code, cfg = validate_config(mounted_job_config(spec, configmaps), overrides)
     assert code == 0
-    (night,) = {d for d in today if cfg.output.path.rstrip("/").endswith(d)}
+    nights = {(today - dt.timedelta(days=d)).isoformat() for d in (1, 2)}  # 2: the clock crossed midnight
+    (night,) = {n for n in nights if cfg.output.path.rstrip("/").endswith(n)}
     assert f"/{night}/" in cfg.input.path + "/"
     assert cfg.input.path.startswith("s3://") and cfg.output.path.startswith("s3://")
+    assert f"night {night} (UTC)" in ran.stdout
 
 
-@needs_shells
-def test_plain_entrypoints_pass_through_both_shells_unchanged(tmp_path):
-    for _, spec in job_specs():
-        if "$" not in spec["entrypoint"]:
-            assert simulate_entrypoint(spec["entrypoint"], tmp_path) == shlex.split(spec["entrypoint"])[1:]
+@needs_shell
+@pytest.mark.parametrize("item", job_specs(), ids=ids(job_specs()))
+def test_every_entrypoint_validates_then_runs_the_same_arguments(item, tmp_path, image_files):
+    _, spec = item
+    ran = run_entrypoint(spec["entrypoint"], tmp_path, image_files)
+    assert ran.code == 0, ran.stderr
+    assert [c[0] for c in ran.calls] == ["validate", "run"]
+    assert ran.calls[0][1:] == ran.calls[1][1:]
+    if "{night}" not in spec["entrypoint"]:
+        argv = static_argv(spec["entrypoint"])
+        assert ran.calls[1][1:] == argv[1:], "a plain entrypoint's arguments reach the job unchanged"
 
 
 # == the checks catch what they should =====================================================
@@ -218,16 +229,17 @@ def test_gpu_check_catches_mismatches(configmaps):
 def test_entrypoint_check_catches_missing_files_and_mounts(configmaps, image_files):
     spec, _ = _adhoc(configmaps)
     for bad in (
-        "python /app/jobs/no_such_job.py /etc/internvl-batch/job.yaml",
-        "python /opt/elsewhere/run_job.py /etc/internvl-batch/job.yaml",
-        "python /app/jobs/run_job.py /etc/not-mounted/job.yaml",
-        "python /app/jobs/run_job.py /etc/internvl-batch/other.yaml",
-        "python /app/jobs/run_job.py /etc/internvl-batch/job.yaml --oops",
-        "python /app/jobs/run_job.py /etc/internvl-batch/job.yaml # comment",
+        "python /app/jobs/run_job.py /etc/internvl-batch/job.yaml",  # would skip the validation
+        "internvl-rayjob /etc/not-mounted/job.yaml",
+        "internvl-rayjob /etc/internvl-batch/other.yaml",
+        "internvl-rayjob /etc/internvl-batch/job.yaml --oops",
+        "internvl-rayjob /etc/internvl-batch/job.yaml # comment",
+        "internvl-rayjob --days-ago 1",
+        "internvl-rayjob /etc/internvl-batch/job.yaml --set output.path=s3://b/$(date +%F)",
     ):
         assert entrypoint_problems({**spec, "entrypoint": bad}, configmaps, image_files), bad
     assert entrypoint_problems(spec, {}, image_files)  # the ConfigMap is not in k8s/
-    assert entrypoint_problems(spec, configmaps, {})  # the Dockerfile copies nothing
+    assert entrypoint_problems(spec, configmaps, {})  # the Dockerfile installs nothing
 
 
 def test_secret_check_catches_inline_credentials(configmaps):
@@ -257,16 +269,18 @@ def test_image_check_catches_other_ray_versions():
 
 def test_cron_check_catches_overlap_and_date_risks():
     (cron,) = docs_of("RayCronJob")
+    night = "internvl-rayjob --days-ago 1 /c/job.yaml --set input.path=s3://b/m/{night}/"
     for path, value in (
         ("jobTemplate/activeDeadlineSeconds", 86400),
         ("jobTemplate/activeDeadlineSeconds", KeyError),
-        ("jobTemplate/backoffLimit", 10),
+        ("jobTemplate/backoffLimit", 2),
         ("schedule", "15 22 * * *"),
         ("schedule", "0 */6 * * *"),
         ("timeZone", "Europe/Berlin"),
         ("timeZone", "Not/AZone"),
         ("jobTemplate/shutdownAfterJobFinishes", False),
-        ("jobTemplate/entrypoint", "python /app/jobs/run_job.py /c/job.yaml --set output.path=s3://b/$(date +%F)"),
+        ("jobTemplate/entrypoint", "internvl-rayjob /c/job.yaml --set input.path=s3://b/m/x/"),
+        ("jobTemplate/entrypoint", f"{night} --set output.path=s3://b/captions/latest"),
     ):
         body = copy.deepcopy(cron.body)
         set_path(body["spec"], path, value)

@@ -1,8 +1,11 @@
-"""docker/Dockerfile and .dockerignore: the image holds the project, installs '.[gpu]', and no credentials."""
+"""docker/Dockerfile and .dockerignore: the image holds the project and its entrypoint, installs '.[gpu]' in a
+layer only pyproject.toml invalidates, runs CUDA torch on a base of the same CUDA, and holds no credentials."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import shlex
 
 from tests.k8s.checks import CREDENTIAL_ENV
 from tests.k8s.dockerfile import DOCKERIGNORE, dockerignored, final_stage, repo_path_in_image
@@ -58,3 +61,59 @@ def test_no_credentials_in_the_image(dockerfile):
                 )
         if instr in ("COPY", "ADD"):
             assert not re.search(r"\.aws|credentials|\.json\b|\.pem\b|\.env\b", args), f"COPY of a secret? {args}"
+
+
+# The CUDA that torch's PyPI wheel is built for, per vLLM pin: vllm==0.32.0 pins torch==2.13.0,
+# whose Linux wheel depends on cuda-toolkit==13.0.3. When the pin moves, look it up again
+# (pip's report of the wheel's requirements) and move the base image's -cuXYZ with it.
+TORCH_CUDA_OF_VLLM = {"0.32.0": "13.0"}
+
+
+def _check_cuda():
+    spec = importlib.util.spec_from_file_location("check_cuda", REPO / "docker" / "check_cuda.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gpu_vllm_pin() -> str:
+    m = re.search(r'gpu\s*=\s*\[\s*"vllm==([^"]+)"', (REPO / "pyproject.toml").read_text())
+    assert m, "pyproject.toml's gpu extra must pin vllm exactly"
+    return m.group(1)
+
+
+def test_base_image_cuda_is_torchs_and_the_build_checks_it(dockerfile):
+    base, stage = final_stage(dockerfile)
+    pin = _gpu_vllm_pin()
+    assert pin in TORCH_CUDA_OF_VLLM, f"vllm=={pin}: which CUDA is its torch built for? (see TORCH_CUDA_OF_VLLM)"
+    cuda = TORCH_CUDA_OF_VLLM[pin]
+    assert base.endswith(f"-cu{cuda.replace('.', '')}"), f"{base}: torch runs CUDA {cuda}; pin that -cuXYZ tag"
+    runs = [args for instr, args in stage if instr == "RUN"]
+    deps = next(i for i, r in enumerate(runs) if "'.[gpu]'" in r)
+    check = next((i for i, r in enumerate(runs) if "check_cuda.py" in r), None)
+    assert check is not None and check > deps, "check torch's CUDA after the dependencies are installed"
+    assert _check_cuda().MIN_DRIVER[cuda].startswith("580"), "CUDA 13.0 needs an R580 driver"
+
+
+def test_the_cuda_check_fails_builds_that_would_fail_on_nodes():
+    check = _check_cuda()
+    assert check.problems("13.0", "13.0.0") == []
+    assert check.problems("13.0", "12.1.1"), "the old -gpu alias under a CUDA 13 torch"
+    assert check.problems(None, "13.0.0"), "a CPU torch slipped in"
+    assert check.problems("13.0", None), "not a CUDA base image"
+
+
+def test_dependency_layer_depends_only_on_pyproject(dockerfile):
+    _, stage = final_stage(dockerfile)
+    deps = next(i for i, (instr, args) in enumerate(stage) if instr == "RUN" and "'.[gpu]'" in args)
+    copied = [shlex.split(args) for instr, args in stage[:deps] if instr in ("COPY", "ADD")]
+    sources = {t for tokens in copied for t in tokens[:-1] if not t.startswith("--")}
+    assert sources == {"pyproject.toml"}, f"the vLLM/torch layer is rebuilt when any of {sources} changes"
+
+
+def test_the_rayjob_entrypoint_is_installed_executable(dockerfile, image_files):
+    assert image_files.get("/usr/local/bin/internvl-rayjob") == "docker/rayjob-entrypoint.sh"
+    (install,) = [a for instr, a in final_stage(dockerfile)[1] if instr == "COPY" and "rayjob-entrypoint" in a]
+    assert "--chmod=0755" in install
+    script = (REPO / "docker" / "rayjob-entrypoint.sh").read_text()
+    assert script.startswith("#!/bin/sh\n"), "the head runs it with the image's /bin/sh"
