@@ -24,7 +24,21 @@ class ModelConfig(Section):
     )
     max_dynamic_patch: int = Field(12, ge=1, description="most tiles per image the engine accepts (thumbnail excluded)")
     max_images_per_prompt: int = Field(8, ge=1, description="images (or video frames) one prompt may carry")
-    trust_remote_code: bool = Field(False, description="explicit opt-in; not needed for InternVL2.5")
+    trust_remote_code: bool = Field(
+        False,
+        description="explicit opt-in; no published InternVL 1.5-3.5 checkpoint needs it (InternLM2 tokenizers "
+        "are rebuilt from tokenizer.model); only a tokenizer that can't be rebuilt falls back to its remote code",
+    )
+    template: str | None = Field(
+        None,
+        description="conversation template (internvl2_5, Hermes-2, internlm2-chat, phi3-chat); "
+        "None: the one the checkpoint's config.json names, as its conversation.py defines it",
+    )
+    extra_stop_tokens: tuple[str, ...] = Field(
+        (),
+        description="tokens that also end generation (e.g. '<|endoftext|>'); model.chat stops only at the "
+        "template's separator",
+    )
     enforce_eager: bool = Field(False, description="skip CUDA graphs / torch.compile (faster start, slower steps)")
     seed: int = 0
     cpu_kvcache_gib: int = Field(2, ge=1, description="KV cache GiB on the CPU build of vLLM (whole GiB)")

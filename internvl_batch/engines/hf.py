@@ -1,9 +1,11 @@
 """The reference engine: transformers' native InternVL, no remote code.
 
 It loads OpenGVLab's published layout by mapping tensor names at load time
-(checkpoint_layout.py), so it runs the very checkpoints vLLM runs. It is the fidelity
-oracle in tests (same tiles, same prompt: same greedy tokens as vLLM) and a fallback for
-machines without vLLM. One request at a time, greedy or sampled; not built for speed.
+(model/layout.py; InternLM2 LLMs run as Llama), so it runs the very checkpoints vLLM
+runs. It does what `model.chat` does: the checkpoint's template, `tokenizer(query)`,
+stop at the template separator only, the answer split on it and stripped. It is the
+fidelity oracle in tests (same tiles, same prompt: same greedy tokens as vLLM) and a
+fallback for machines without vLLM. One request at a time; not built for speed.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from internvl_batch.engines.base import (
     EngineResult,
     check_request,
     context_overflow,
-    stop_token_ids,
+    request_stop_token_ids,
 )
 from internvl_batch.engines.model_path import resolve_model_path
+from internvl_batch.model.answers import answer_text
+from internvl_batch.model.check import inspect_model
 from internvl_batch.model.prompts import IMG_CONTEXT
+from internvl_batch.model.tokenizer import load_tokenizer
 from internvl_batch.status import Status
 
 if TYPE_CHECKING:
@@ -35,7 +40,8 @@ def _local_dir(path: str) -> Path:
         return Path(path)
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "conversation.py"]
+    return Path(snapshot_download(path, allow_patterns=patterns))
 
 
 def _load_weights(model_dir: Path) -> dict:
@@ -51,7 +57,7 @@ def _load_weights(model_dir: Path) -> dict:
     return weights
 
 
-def load_hf_model(model_dir: Path, dtype: str):
+def load_hf_model(model_dir: Path, dtype: str, image_token_id: int | None = None):
     """InternVLForConditionalGeneration from either layout (original or transformers')."""
     import torch
     from transformers import InternVLConfig, InternVLForConditionalGeneration
@@ -62,15 +68,15 @@ def load_hf_model(model_dir: Path, dtype: str):
     torch_dtype = getattr(torch, _DTYPES.get(dtype) or config.get("torch_dtype") or "bfloat16")
     if config.get("model_type") != "internvl_chat":
         return InternVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).eval()
-    from transformers import AutoTokenizer
-
-    image_token_id = AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids(IMG_CONTEXT)
+    if image_token_id is None:
+        image_token_id = load_tokenizer(model_dir).tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     hf_config, _ = to_hf_layout(config, {}, image_token_id=image_token_id)
     from transformers.initialization import no_init_weights
 
     with no_init_weights():  # every weight is loaded below; skip the random init
         model = InternVLForConditionalGeneration(InternVLConfig(**hf_config)).to(torch_dtype)
-    state = {k: v.to(torch_dtype) for k, v in map_state_dict(_load_weights(model_dir)).items()}
+    weights = map_state_dict(_load_weights(model_dir), config["llm_config"])
+    state = {k: v.to(torch_dtype) for k, v in weights.items()}
     if hf_config["tie_word_embeddings"]:
         state.setdefault("lm_head.weight", state["model.language_model.embed_tokens.weight"])
     model.load_state_dict(state, strict=True)
@@ -80,14 +86,16 @@ def load_hf_model(model_dir: Path, dtype: str):
 class HFEngine:
     def __init__(self, model: ModelConfig, sampling: SamplingConfig):
         try:
-            from transformers import AutoTokenizer
+            import transformers  # noqa: F401
         except ImportError as e:
             raise ImportError("the HF engine needs transformers and torch: pip install torch transformers") from e
         self.model = model
         self.default_sampling = sampling
         model_dir = _local_dir(resolve_model_path(model.path, model.download_dir, model.storage_options))
-        self._tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self._model = load_hf_model(model_dir, model.dtype)
+        self.checkpoint = inspect_model(model, model_dir)
+        self.template = self.checkpoint.template
+        self.tokenizer = self.checkpoint.tokenizer.tokenizer
+        self._model = load_hf_model(model_dir, model.dtype, self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
         return [self._generate_one(r) for r in requests]
@@ -105,7 +113,7 @@ class HFEngine:
             return EngineResult.failed(
                 req.id, Status.ENGINE_ERROR, "the HF engine has no JSON-schema decoding; use vllm"
             )
-        ids = self._tokenizer.encode(req.prompt.text, add_special_tokens=False)
+        ids = self.checkpoint.tokenizer.encode_prompt(req.prompt.text)
         overflow = context_overflow(req, len(ids), self.model.max_model_len)
         if overflow is not None:
             return overflow
@@ -116,8 +124,8 @@ class HFEngine:
         gen_kwargs = dict(
             max_new_tokens=min(cfg.max_tokens, self.model.max_model_len - len(ids)),
             do_sample=sampled,
-            eos_token_id=stop_token_ids(self._tokenizer.get_vocab(), req.prompt.stop) or None,
-            pad_token_id=self._tokenizer.pad_token_id,
+            eos_token_id=request_stop_token_ids(self.tokenizer.get_vocab(), req.prompt, self.model.extra_stop_tokens),
+            pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=cfg.repetition_penalty,
         )
         if sampled:
@@ -131,7 +139,7 @@ class HFEngine:
         return EngineResult(
             id=req.id,
             status=Status.OK,
-            text=self._tokenizer.decode(out, skip_special_tokens=True),
+            text=answer_text(self.checkpoint.tokenizer.decode, out, req.prompt.template, cfg.stop),
             finish_reason=finish,
             num_prompt_tokens=len(ids),
             num_output_tokens=len(out),

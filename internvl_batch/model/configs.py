@@ -10,6 +10,7 @@ a published `config.json`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -63,7 +64,7 @@ class InternVisionConfig(PretrainedConfig):
 
 
 class InternLM2Config(PretrainedConfig):
-    """The LLM of InternVL2.5-2B/8B/26B (InternLM2.5), otherwise also remote code."""
+    """The LLM of InternVL2/2.5-2B/8B/26B and InternVL 1.5 (InternLM2/2.5), otherwise also remote code."""
 
     model_type = "internlm2"
 
@@ -101,10 +102,13 @@ class InternLM2Config(PretrainedConfig):
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
 
-# The LLM families InternVL2.5 is built on, by the `architectures` of its llm_config.
+# The LLM families InternVL 1.5-3.5 are built on, by the `architectures` of their llm_config.
 _LLM_MODEL_TYPES = {
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",  # InternVL3.5-30B-A3B / 241B-A28B
     "LlamaForCausalLM": "llama",
+    "Phi3ForCausalLM": "phi3",
     "InternLM2ForCausalLM": "internlm2",
 }
 
@@ -117,7 +121,18 @@ def _llm_config(llm_config: dict[str, Any]) -> PretrainedConfig:
         )
     model_type = _LLM_MODEL_TYPES[arch]
     cls = InternLM2Config if model_type == "internlm2" else CONFIG_MAPPING[model_type]
-    return cls(**{k: v for k, v in llm_config.items() if k != "model_type"})
+    return cls(**{k: v for k, v in normalized_llm_config(llm_config).items() if k != "model_type"})
+
+
+def normalized_llm_config(llm_config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a published llm_config that transformers 5 accepts."""
+    out = copy.deepcopy(llm_config)
+    scaling = out.get("rope_scaling")
+    if isinstance(scaling, dict) and scaling.get("type") == "su":
+        # InternVL2-4B / Mini-InternVL-4B's Phi-3 calls longrope "su"; transformers 5
+        # renames it only after filling in longrope's keys, and then rejects the config.
+        scaling["type"] = "longrope"
+    return out
 
 
 class InternVLChatConfig(PretrainedConfig):

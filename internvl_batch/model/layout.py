@@ -4,7 +4,8 @@ Why: transformers' `InternVLForConditionalGeneration` runs InternVL without remo
 but expects other tensor names (`vision_tower.*`, split q/k/v, `multi_modal_projector.*`,
 `lambda_1/2`, ...). Mapping at load time lets the HF reference engine run the very same
 published checkpoints that vLLM loads, and lets `make-tiny-model --format hf` write the
-native layout.
+native layout. transformers has no InternLM2; it is Llama with fused, grouped q/k/v
+(`wqkv`) and other names, so InternLM2 LLMs are mapped onto `LlamaForCausalLM`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,20 @@ _RENAMES: list[tuple[str, str]] = [
     (r"^mlp1\.1\.", "model.multi_modal_projector.linear_1."),
     (r"^mlp1\.3\.", "model.multi_modal_projector.linear_2."),
     (r"^language_model\.lm_head\.", "lm_head."),
+    # InternLM2 -> Llama
+    (r"^language_model\.output\.", "lm_head."),
+    (r"^language_model\.model\.tok_embeddings\.", "model.language_model.embed_tokens."),
+    (r"^language_model\.model\.layers\.(\d+)\.attention\.wo\.", r"model.language_model.layers.\1.self_attn.o_proj."),
+    (r"^language_model\.model\.layers\.(\d+)\.feed_forward\.w1\.", r"model.language_model.layers.\1.mlp.gate_proj."),
+    (r"^language_model\.model\.layers\.(\d+)\.feed_forward\.w3\.", r"model.language_model.layers.\1.mlp.up_proj."),
+    (r"^language_model\.model\.layers\.(\d+)\.feed_forward\.w2\.", r"model.language_model.layers.\1.mlp.down_proj."),
+    (r"^language_model\.model\.layers\.(\d+)\.attention_norm\.", r"model.language_model.layers.\1.input_layernorm."),
+    (r"^language_model\.model\.layers\.(\d+)\.ffn_norm\.", r"model.language_model.layers.\1.post_attention_layernorm."),
     (r"^language_model\.model\.", "model.language_model."),
 ]  # fmt: skip
 
 _QKV = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_WQKV = re.compile(r"^language_model\.model\.layers\.(\d+)\.attention\.wqkv\.(weight|bias)$")
 
 
 def hf_name(name: str) -> str:
@@ -42,26 +53,62 @@ def hf_name(name: str) -> str:
     raise KeyError(f"no HF name for checkpoint tensor {name!r}")
 
 
-def map_state_dict(weights: dict[str, Any]) -> dict[str, Any]:
-    """Original tensor names -> transformers' names; the fused vision qkv is split in 3."""
+def _split_wqkv(tensor, llm_config: dict[str, Any]):
+    """InternLM2's wqkv rows are (kv head, [its query heads..., key, value], head_dim)."""
+    heads, kv = llm_config["num_attention_heads"], llm_config["num_key_value_heads"]
+    head_dim = llm_config["hidden_size"] // heads
+    grouped = tensor.reshape(kv, heads // kv + 2, head_dim, *tensor.shape[1:])
+    q = grouped[:, :-2].reshape(heads * head_dim, *tensor.shape[1:])
+    k = grouped[:, -2].reshape(kv * head_dim, *tensor.shape[1:])
+    v = grouped[:, -1].reshape(kv * head_dim, *tensor.shape[1:])
+    return q, k, v
+
+
+def map_state_dict(weights: dict[str, Any], llm_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Original tensor names -> transformers' names; fused q/k/v (vision, InternLM2) are split."""
     out: dict[str, Any] = {}
     for name, tensor in weights.items():
-        m = _QKV.match(name)
-        if m:
+        if m := _QKV.match(name):
             layer, kind = m.groups()
             for part, chunk in zip(("q", "k", "v"), tensor.chunk(3, dim=0)):
                 key = f"model.vision_tower.encoder.layer.{layer}.attention.{part}_proj.{kind}"
                 out[key] = chunk.contiguous()
+        elif m := _WQKV.match(name):
+            if llm_config is None:
+                raise ValueError("splitting InternLM2's wqkv needs the llm_config")
+            layer, kind = m.groups()
+            for part, chunk in zip(("q", "k", "v"), _split_wqkv(tensor, llm_config)):
+                out[f"model.language_model.layers.{layer}.self_attn.{part}_proj.{kind}"] = chunk.contiguous()
         else:
             out[hf_name(name)] = tensor
     return out
 
 
+def _llama_from_internlm2(t: dict[str, Any]) -> dict[str, Any]:
+    keep = (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+        "rope_scaling", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype",
+    )  # fmt: skip
+    bias = bool(t.get("bias", True))  # InternLM2's `bias` covers wqkv and wo, not the MLP
+    llama = {k: t[k] for k in keep if k in t}
+    return {**llama, "model_type": "llama", "architectures": ["LlamaForCausalLM"], "attention_bias": bias,
+            "mlp_bias": False}  # fmt: skip
+
+
+def hf_text_config(llm_config: dict[str, Any]) -> dict[str, Any]:
+    """The llm_config as transformers' own model classes take it."""
+    from internvl_batch.model.configs import normalized_llm_config
+
+    t = normalized_llm_config(llm_config)
+    t.setdefault("model_type", "qwen2")
+    return _llama_from_internlm2(t) if t["model_type"] == "internlm2" else t
+
+
 def map_config(config: dict[str, Any], image_token_id: int) -> dict[str, Any]:
     """An `internvl_chat` config.json dict -> an `internvl` (transformers) one."""
     v = config["vision_config"]
-    t = dict(config["llm_config"])
-    t.setdefault("model_type", "qwen2")
+    t = hf_text_config(config["llm_config"])
     vision = {
         "model_type": "internvl_vision",
         "hidden_size": v["hidden_size"],
@@ -98,4 +145,4 @@ def map_config(config: dict[str, Any], image_token_id: int) -> dict[str, Any]:
 def to_hf_layout(
     config: dict[str, Any], weights: dict[str, Any], *, image_token_id: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    return map_config(config, image_token_id), map_state_dict(weights)
+    return map_config(config, image_token_id), map_state_dict(weights, config["llm_config"])

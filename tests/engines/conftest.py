@@ -20,3 +20,10 @@ def hf_engine(tiny_model_dir):
     engine = HFEngine(tiny_model_config(tiny_model_dir), GREEDY_16)
     yield engine
     engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def twin_dirs(tmp_path_factory):
+    from tests.support.families import twins
+
+    return twins(tmp_path_factory)

@@ -16,9 +16,16 @@ def card_tiles(image, max_num: int) -> np.ndarray:
     return np.stack([np.asarray(t) for t in dynamic_preprocess(image, max_num=max_num, use_thumbnail=True)])
 
 
-def image_request(rid: str, sizes_and_max: list[tuple[tuple[int, int], int]], question: str, seed: int = 0, media=None):
+def image_request(
+    rid: str,
+    sizes_and_max: list[tuple[tuple[int, int], int]],
+    question: str,
+    seed: int = 0,
+    media=None,
+    template="internvl2_5",
+):
     tiles = [card_tiles(sample_image(seed=seed + i, size=size), m) for i, (size, m) in enumerate(sizes_and_max)]
-    prompt = build_prompt(question, [len(t) for t in tiles], media=media)
+    prompt = build_prompt(question, [len(t) for t in tiles], media=media, template=template)
     return EngineRequest(id=rid, prompt=prompt, tiles=np.concatenate(tiles) if tiles else None)
 
 

@@ -1,0 +1,134 @@
+"""Everything a checkpoint needs besides its weights, loaded the way the engines load it.
+
+Both engines start from `inspect_model` (config, tokenizer, template, stop tokens), and
+`internvl-batch validate` runs the same function without weights or a GPU, so a config
+that validates is one whose engines start. Every failure is a `ModelCheckError` naming
+the config key that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from internvl_batch.model.conversation_file import TemplateError, resolve_template
+from internvl_batch.model.prompts import IMG_CONTEXT, IMG_END, IMG_START
+from internvl_batch.model.templates import Template
+from internvl_batch.model.tokenizer import CheckpointTokenizer, TokenizerError, load_tokenizer
+
+if TYPE_CHECKING:
+    from internvl_batch.config import ModelConfig
+
+# What is fetched of a hub checkpoint to check it: everything but the weights.
+TEXT_FILE_PATTERNS = ["*.json", "*.model", "*.txt", "*.py", "*.tiktoken", "*.jinja"]
+
+
+class ModelCheckError(ValueError):
+    """`retryable`: the hub or the store failed (network, 5xx); the same check may pass later."""
+
+    def __init__(self, key: str, message: str, retryable: bool = False):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.retryable = retryable
+
+
+def _hub_error_is_permanent(e: Exception) -> bool:
+    from huggingface_hub import errors
+
+    permanent = (errors.RepositoryNotFoundError, errors.GatedRepoError, errors.RevisionNotFoundError,
+                 errors.HFValidationError, errors.DisabledRepoError)  # fmt: skip
+    return isinstance(e, permanent)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    files: Path  # a local directory with the checkpoint's config and tokenizer files
+    config: dict[str, Any]
+    tokenizer: CheckpointTokenizer
+    template: Template
+    stop_token_ids: tuple[int, ...]  # the template separator, then model.extra_stop_tokens
+
+    @property
+    def vllm_tokenizer(self) -> str | None:
+        """What to pass vLLM as `tokenizer=`: the converted stand-in, else nothing."""
+        return self.tokenizer.path if self.tokenizer.converted_from else None
+
+    def summary(self) -> str:
+        llm = (self.config.get("llm_config", {}).get("architectures") or ["?"])[0]
+        tok = type(self.tokenizer.tokenizer).__name__
+        if self.tokenizer.converted_from:
+            tok = f"{self.tokenizer.converted_from} (rebuilt from tokenizer.model, no remote code)"
+        return f"model ok: LLM {llm}, template {self.template.name!r} (stop {self.template.stop!r}), tokenizer {tok}"
+
+
+def checkpoint_files(model: ModelConfig) -> Path:
+    """A local directory with the checkpoint's non-weight files (a hub name: only those are fetched)."""
+    from internvl_batch.engines.model_path import ModelPathError, is_hub_name, resolve_model_path
+
+    try:
+        local = resolve_model_path(model.path, model.download_dir, model.storage_options, weights=False)
+    except ModelPathError as e:
+        raise ModelCheckError("model.path", str(e)) from e
+    except OSError as e:  # the store or the disk failed on the way
+        raise ModelCheckError("model.path", f"{type(e).__name__}: {e}", retryable=True) from e
+    if Path(local).is_dir():
+        return Path(local)
+    if not is_hub_name(local):
+        raise ModelCheckError("model.path", f"{model.path!r} is no directory, object-storage prefix or hub name")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(local, allow_patterns=TEXT_FILE_PATTERNS))
+    except Exception as e:  # the hub client raises many types: offline, 401, 404, 5xx, ...
+        retryable = not _hub_error_is_permanent(e)
+        raise ModelCheckError("model.path", f"{model.path!r}: {type(e).__name__}: {e}", retryable) from e
+
+
+def _load_config(files: Path, trust_remote_code: bool) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    from internvl_batch.model.configs import register_config_classes
+
+    config_file = files / "config.json"
+    if not config_file.exists():
+        raise ModelCheckError("model.path", f"no config.json in {files}: not a checkpoint")
+    config = json.loads(config_file.read_text())
+    if config.get("model_type") not in ("internvl_chat", "internvl"):
+        raise ModelCheckError("model.path", f"model_type {config.get('model_type')!r} is not an InternVL checkpoint")
+    register_config_classes()
+    try:
+        AutoConfig.from_pretrained(files, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise ModelCheckError("model.path", f"config.json does not load: {type(e).__name__}: {e}") from e
+    return config
+
+
+def _single_token_ids(tokenizer, tokens, key: str, what: str) -> tuple[int, ...]:
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in tokens if t not in vocab]
+    if missing:
+        raise ModelCheckError(key, f"{what} {missing} not a token of this checkpoint's tokenizer")
+    return tuple(vocab[t] for t in tokens)
+
+
+def inspect_model(model: ModelConfig, files: str | Path | None = None) -> ModelInfo:
+    """Load config, tokenizer and template as the engines do (no weights); `files`
+    defaults to fetching the checkpoint's non-weight files."""
+    files = Path(files) if files is not None else checkpoint_files(model)
+    config = _load_config(files, model.trust_remote_code)
+    try:
+        tokenizer = load_tokenizer(files, trust_remote_code=model.trust_remote_code)
+    except TokenizerError as e:
+        raise ModelCheckError("model.trust_remote_code", str(e)) from e
+    try:
+        template = resolve_template(files, model.template)
+    except TemplateError as e:
+        raise ModelCheckError("model.template", str(e)) from e
+    tok = tokenizer.tokenizer
+    _single_token_ids(tok, [IMG_START, IMG_END, IMG_CONTEXT], "model.path", "not an InternVL tokenizer:")
+    why = f"the separator of template {template.name!r} (the checkpoint uses another template?) is"
+    stop = _single_token_ids(tok, [template.stop], "model.template", why)
+    extra = _single_token_ids(tok, model.extra_stop_tokens, "model.extra_stop_tokens", "is")
+    return ModelInfo(files, config, tokenizer, template, stop + extra)
