@@ -11,23 +11,36 @@ DEFAULT_TINY_DIR = Path(".cache/tiny-internvl2_5")
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
-    from internvl_batch.devtools.tiny_model import make_tiny_model
+    from internvl_batch.devtools.tiny_model import FAMILIES, make_tiny_model
 
     start = time.perf_counter()
-    out = make_tiny_model(args.dir, seed=args.seed, fmt=args.format)
+    out = make_tiny_model(args.dir, seed=args.seed, fmt=args.format, family=args.family)
     size = sum(f.stat().st_size for f in out.iterdir())
+    fam = FAMILIES[args.family]
     print(
-        f"tiny InternVL2.5 checkpoint ({args.format}) in {out}: {size / 1e6:.2f} MB, "
-        f"built in {time.perf_counter() - start:.1f}s"
+        f"tiny twin of {fam.mirrors} ({args.family}, template {fam.template.name}, {args.format} layout) in {out}: "
+        f"{size / 1e6:.2f} MB, built in {time.perf_counter() - start:.1f}s"
     )
     return 0
 
 
-def _ensure_tiny_model(model_dir: Path) -> Path:
+def _mirror_model(args: argparse.Namespace) -> int:
+    from internvl_batch.engines.model_mirror import MirrorError, mirror_model
+
+    try:
+        result = mirror_model(args.source, args.dest, revision=args.revision, staging_dir=args.staging)
+    except MirrorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
+    return 0
+
+
+def _ensure_tiny_model(model_dir: Path, family: str = "qwen2") -> Path:
     if not (model_dir / "config.json").exists():
         from internvl_batch.devtools.tiny_model import make_tiny_model
 
-        make_tiny_model(model_dir)
+        make_tiny_model(model_dir, family=family)
     return model_dir
 
 
@@ -70,7 +83,13 @@ def _validate(args: argparse.Namespace) -> int:
     if args.config_only:
         return 0
     from internvl_batch.job.manifest import ManifestError, sample_manifest
+    from internvl_batch.model.check import ModelCheckError, inspect_model
 
+    try:
+        print(inspect_model(cfg.model).summary())
+    except ModelCheckError as e:
+        print(f"error: {e}{' (may pass on a retry)' if e.retryable else ''}", file=sys.stderr)
+        return 1 if e.retryable else 2
     try:
         report = sample_manifest(cfg.input, cfg.preprocess, n=args.sample)
     except ManifestError as e:
@@ -84,9 +103,19 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
+    from internvl_batch.job.manifest import ManifestError
+    from internvl_batch.job.monitor import JobFailed
+    from internvl_batch.job.plan import PlanError
     from internvl_batch.job.runner import run_job
 
-    summary = run_job(cfg, dry_run=args.dry_run)
+    try:
+        summary = run_job(cfg, dry_run=args.dry_run)
+    except (ManifestError, PlanError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2  # will fail the same way on a retry
+    except JobFailed as e:
+        print(f"error: the job failed: {e}\nits output is resumable: rerun the same command", file=sys.stderr)
+        return 1
     return 0 if summary.finished else 1
 
 
@@ -132,9 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="resolve what would run (rows to do), run nothing")
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("validate", help="check a config and a sample of manifest rows; no inference")
+    p = sub.add_parser(
+        "validate", help="check a config, the model's config/tokenizer/template (no weights) and manifest rows"
+    )
     _add_config_args(p)
-    p.add_argument("--config-only", action="store_true", help="do not read the manifest")
+    p.add_argument("--config-only", action="store_true", help="do not load the model's files nor read the manifest")
     p.add_argument("--sample", type=int, default=20, help="manifest rows to check")
     p.set_defaults(func=_validate)
 
@@ -142,10 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("make-tiny-model", help="build the tiny random InternVL2.5 checkpoint")
+    p = sub.add_parser("mirror-model", help="copy a checkpoint (hub name or dir) to object storage, for model.path")
+    p.add_argument("source", help="hub name (OpenGVLab/InternVL2_5-8B) or a local checkpoint directory")
+    p.add_argument("dest", help="object-storage prefix (s3://bucket/models/InternVL2_5-8B) or a directory")
+    p.add_argument("--revision", help="hub branch, tag or commit (default: main); the mirror records the commit")
+    p.add_argument("--staging", type=Path, help="local directory for one file at a time (default: a temp dir)")
+    p.set_defaults(func=_mirror_model)
+
+    p = sub.add_parser("make-tiny-model", help="build a tiny random InternVL checkpoint (one per LLM family)")
     p.add_argument("dir", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=["original", "hf"], default="original")
+    p.add_argument(
+        "--family",
+        choices=["qwen2", "internlm2", "phi3", "llama3", "qwen3"],
+        default="qwen2",
+        help="the LLM family (and published checkpoint) it mirrors: qwen2 InternVL2_5-1B, internlm2 InternVL2_5-8B, "
+        "phi3 Mini-InternVL-Chat-4B-V1-5, llama3 InternVL2-Llama3-76B, qwen3 InternVL3_5-1B",
+    )
     p.set_defaults(func=_make_tiny_model)
 
     p = sub.add_parser("smoke", help="generate with vLLM for two sample images (tiny model by default)")

@@ -16,3 +16,8 @@ class Status(StrEnum):
     TOO_LARGE = "too_large"  # over a configured limit: bytes, pixels, frames, duration, images per prompt
     CONTEXT_OVERFLOW = "context_overflow"  # the prompt does not fit model.max_model_len
     ENGINE_ERROR = "engine_error"  # the engine rejected this one request
+
+
+# Outcomes that `runtime.retry_failed` leaves alone: the manifest row itself decided them,
+# so a retry would only repeat them. Every other failure may heal (a fetch, a limit, the engine).
+SETTLED = frozenset({Status.OK, Status.INVALID_ROW})

@@ -30,6 +30,13 @@ class InputConfig(Section):
     end_column: str = "end"
     passthrough: tuple[str, ...] = Field((), description="manifest columns copied to the output")
     limit: int | None = Field(None, ge=1, description="first N rows only (smoke runs)")
+    shard_rows: int = Field(
+        20_000, ge=1, description="rows per shard: the unit of resume and bookkeeping (a part file never spans two)"
+    )
+    on_change: Literal["refuse", "redo"] = Field(
+        "refuse",
+        description="a shard whose manifest rows changed since it was processed: refuse the run, or redo the shard",
+    )
 
 
 class PreprocessConfig(Section):
@@ -86,6 +93,28 @@ class RuntimeConfig(Section):
     )
     retry_failed: bool = Field(False, description="redo rows whose status is not ok")
     progress_interval_s: float = Field(10.0, gt=0)
+    readers: int = Field(2, ge=1, description="concurrent manifest readers (each parses one split at a time)")
+    reader_cpus: float = Field(
+        0.0,
+        ge=0,
+        description="CPUs reserved per manifest reader; 0: readers are few and wait on storage, and "
+        "must never wait for a CPU the CPU and engine stages hold",
+    )
+    block_kib: int = Field(
+        1024,
+        ge=1,
+        description="Ray Data's target block size: small, so one split's rows spread over several "
+        "CPU workers (a row with tiles is one block on its own)",
+    )
+    engine_batches_in_flight: int = Field(
+        4, ge=1, description="batches each replica holds at once, so vLLM's queue never runs dry between batches"
+    )
+    max_engine_restarts: int = Field(
+        3, ge=0, description="engine deaths in a row (no batch finished in between) before the job fails"
+    )
+    stall_timeout_s: float = Field(
+        1800.0, gt=0, description="fail the job, naming the stage, when no row reaches the output for this long"
+    )
 
 
 class OutputConfig(Section):

@@ -43,5 +43,7 @@ def prepare_demo(root: Path = DEMO_DIR) -> Path:
         {"image": names[0]},  # no id: an invalid row, still in the output
     ]
     manifest = root / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    text = "".join(json.dumps(r) + "\n" for r in rows) + "{not json\n"
+    if not manifest.exists() or manifest.read_text() != text:  # unchanged: a rerun finds its shards done
+        manifest.write_text(text)
     return manifest

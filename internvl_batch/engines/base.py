@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from internvl_batch.model.prompts import Prompt
+from internvl_batch.model.templates import Template
 from internvl_batch.status import Status
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ class EngineFatalError(RuntimeError):
 
 
 class Engine(Protocol):
+    # The checkpoint's conversation template (model/check.py): prompts are built with it.
+    template: Template
+
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
         """One result per request, in order. Per-row failures are results, not raises;
         a dead engine raises EngineFatalError."""
@@ -66,6 +70,13 @@ class Engine(Protocol):
 def stop_token_ids(vocab: dict[str, int], stop: Sequence[str]) -> list[int]:
     """The ids of the prompt's stop strings that are single tokens of this tokenizer."""
     return [vocab[s] for s in stop if s in vocab]
+
+
+def request_stop_token_ids(vocab: dict[str, int], prompt: Prompt, extra: Sequence[str] = ()) -> list[int]:
+    """What ends generation: the template's separator, as in model.chat, then the
+    explicitly configured extra stop tokens (`model.extra_stop_tokens`). Nothing else:
+    not the tokenizer's EOS, not generation_config.json's (model.chat ignores both)."""
+    return stop_token_ids(vocab, (*prompt.stop, *extra))
 
 
 def check_request(req: EngineRequest, model: ModelConfig) -> EngineResult | None:
@@ -100,3 +111,33 @@ def context_overflow(req: EngineRequest, num_prompt_tokens: int, max_model_len: 
         f"from {sum(req.prompt.tiles_per_image)} tiles); model.max_model_len={max_model_len}"
     )
     return EngineResult(id=req.id, status=Status.CONTEXT_OVERFLOW, error=msg, num_prompt_tokens=num_prompt_tokens)
+
+
+async def run_requests(engine: Engine, requests: Sequence[EngineRequest]) -> list[tuple[EngineResult, float]]:
+    """(result, milliseconds from submission to result) per request, in order.
+
+    An engine with `submit` (vLLM) gets every request at once and each is timed on its
+    own; one without (the HF reference) runs the batch in a thread, off the caller's loop.
+    """
+    import asyncio
+    import time
+
+    submit = getattr(engine, "submit", None)
+    if submit is None:
+        start = time.perf_counter()
+        results = await asyncio.to_thread(engine.generate, requests)
+        ms = (time.perf_counter() - start) * 1000 / max(len(results), 1)
+        return [(r, ms) for r in results]
+
+    async def timed(req: EngineRequest) -> tuple[EngineResult, float]:
+        start = time.perf_counter()
+        result = await asyncio.wrap_future(submit(req))
+        return result, (time.perf_counter() - start) * 1000
+
+    tasks = [asyncio.ensure_future(timed(r)) for r in requests]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()  # what is still queued in the engine is aborted
+        raise

@@ -1,9 +1,10 @@
-"""Manifest rows -> typed work items; rows that can't be work become `invalid_row` results.
+"""The source: manifest files -> shards (planned in job/shards.py) -> typed rows, on workers.
 
-A manifest is JSONL, Parquet or CSV: one file, a directory or a glob, on any fsspec URL.
-JSONL is parsed line by line so one broken line is one invalid row, not a failed job.
-Every manifest row yields exactly one `ManifestRow` (valid or not), in a deterministic
-order, so reruns see the same ids.
+A manifest is JSONL, Parquet or CSV (optionally compressed): one file, a directory or a
+glob, on any fsspec URL. Every manifest record yields exactly one row, valid or not: a
+broken JSON line, a row without an id or media becomes an `invalid_row` row with the
+reason, so nothing is dropped. Reading happens per split (a piece of one file holding one
+or more shards) in the job's reader actors; the driver never parses a line.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import Any
 
 from internvl_batch.config import InputConfig, PreprocessConfig
 from internvl_batch.job.records import passthrough_field
+from internvl_batch.job.shards import ManifestFile, Shard, is_record, plan_file
 from internvl_batch.status import Status
 
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 
 
 class ManifestError(ValueError):
-    """The manifest as a whole can't be read (missing path, unknown format)."""
+    """The manifest as a whole can't be read (missing path, unknown format, empty prefix)."""
 
 
 @dataclass
@@ -40,71 +43,84 @@ class ManifestRow:
     def media(self) -> str:
         return "video" if self.video else ("image" if self.images else "none")
 
-    def item(self, tasks: list[str]) -> dict[str, Any]:
+    def item(self, tasks: list[str], shard: str, row: int) -> dict[str, Any]:
         """This row as an ITEM record (job.records) with the tasks left to do for it."""
         return {
-            "id": self.id, "images": self.images or None, "video": self.video, "start": self.start,
-            "end": self.end, "question": self.question, "media": self.media, "tasks": tasks,
+            "shard": shard, "row": row, "id": self.id, "images": self.images or None, "video": self.video,
+            "start": self.start, "end": self.end, "question": self.question, "media": self.media, "tasks": tasks,
             "status": Status.OK if self.error is None else Status.INVALID_ROW, "error": self.error,
             **{passthrough_field(c): v for c, v in self.passthrough.items()},
         }  # fmt: skip
+
+    def mark_duplicate(self, id_column: str, source: str) -> None:
+        """Two output rows must never share a key: a repeated id gets its own, and no work."""
+        dup = f"duplicate {id_column} {self.id!r}: only its first row is processed"
+        self.error = dup if self.error is None else f"{dup}; {self.error}"
+        self.id = f"{self.id}#dup@{source}"
+
+
+# -- which files --------------------------------------------------------------------
+
+
+def _split_name(path: str) -> tuple[str, str | None]:
+    for ext, comp in _COMPRESSIONS.items():
+        if path.endswith(ext):
+            return path[: -len(ext)], comp
+    return path, None
 
 
 def _format_of(path: str, configured: str) -> str:
     if configured != "auto":
         return configured
+    base, _ = _split_name(path)
     for ext, fmt in _EXTENSIONS.items():
-        if path.endswith(ext) or path.endswith(ext + ".gz"):
+        if base.endswith(ext):
             return fmt
     raise ManifestError(f"input.format=auto cannot tell the format of {path!r}; set input.format")
 
 
-def manifest_files(cfg: InputConfig) -> tuple[Any, list[str]]:
+def _is_manifest(path: str) -> bool:
+    return any(_split_name(path)[0].endswith(e) for e in _EXTENSIONS)
+
+
+def _fingerprint(info: dict[str, Any]) -> str:
+    """Size plus whatever version the store keeps (ETag, generation, mtime)."""
+    version = [str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified") if k in info]
+    return f"{info.get('size')}:{':'.join(version)}"
+
+
+def list_files(cfg: InputConfig) -> tuple[Any, list[ManifestFile]]:
+    """The manifest's files, sorted, with fingerprints: one listing, no reads."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
     if any(c in root for c in "*?["):
-        files = sorted(fs.glob(root))
+        infos = fs.glob(root, detail=True)
     elif fs.isdir(root):
-        files = sorted(p for p in fs.find(root) if any(p.endswith((e, e + ".gz")) for e in _EXTENSIONS))
+        infos = {p: i for p, i in fs.find(root, detail=True).items() if _is_manifest(p)}
     elif fs.exists(root):
-        files = [root]
+        infos = {root: fs.info(root)}
     else:
         raise ManifestError(f"input.path={cfg.path!r} does not exist")
-    if not files:
+    infos = {p: i for p, i in infos.items() if i.get("type") != "directory"}
+    if not infos:
         raise ManifestError(f"input.path={cfg.path!r} matches no manifest files")
+    files = []
+    for path in sorted(infos):
+        fmt = _format_of(path, cfg.format)
+        compression = _split_name(path)[1]
+        if fmt == "parquet" and compression:
+            raise ManifestError(f"{path!r}: parquet compresses itself; a compressed parquet file is not supported")
+        files.append(ManifestFile(path, fmt, compression, _fingerprint(infos[path])))
     return fs, files
 
 
-def _records(fs: Any, path: str, fmt: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(line/row number, record) pairs; a string record is a parse error."""
-    if fmt == "jsonl":
-        with fs.open(path, "rt", compression="infer") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield n, f"line {n} is not valid JSON: {e.msg}"
-                    continue
-                yield n, rec if isinstance(rec, dict) else f"line {n} is not a JSON object"
-        return
-    if fmt == "csv":
-        import csv
+def manifest_files(cfg: InputConfig) -> tuple[Any, list[str]]:
+    fs, files = list_files(cfg)
+    return fs, [f.path for f in files]
 
-        # Every value stays the string it is in the file: type guessing would turn id
-        # "007" into 7.
-        with fs.open(path, "rt", compression="infer", newline="") as f:
-            for n, rec in enumerate(csv.DictReader(f), start=1):
-                yield n, {k: (v if v != "" else None) for k, v in rec.items()}
-        return
-    import pyarrow.parquet as pq
 
-    with fs.open(path, "rb", compression="infer") as f:
-        table = pq.read_table(f)
-    for n, rec in enumerate(table.to_pylist(), start=1):
-        yield n, rec
+# -- one row ------------------------------------------------------------------------
 
 
 def _missing(v: Any) -> bool:
@@ -161,28 +177,127 @@ def parse_row(rec: dict[str, Any], cfg: InputConfig, fallback_id: str) -> Manife
     return row
 
 
+# -- the rows of a split ------------------------------------------------------------
+
+
+def _parse_json(line: bytes, line_no: int) -> dict[str, Any] | str:
+    try:
+        rec = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"line {line_no} is not valid JSON: {getattr(e, 'msg', e)}"
+    return rec if isinstance(rec, dict) else f"line {line_no} is not a JSON object"
+
+
+def _jsonl_records(f, first_row: int, first_line: int, stop_byte: int | None) -> Iterator[tuple[int, int, Any]]:
+    n, line_no, pos = first_row, first_line - 1, 0
+    for line in f:
+        if stop_byte is not None and pos >= stop_byte:
+            return
+        pos += len(line)
+        line_no += 1
+        if is_record(line):
+            yield n, line_no, line
+            n += 1
+
+
+def _csv_records(f) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    import csv
+    import io
+
+    # csv.reader, not DictReader: DictReader skips empty rows unseen, so the line after one
+    # could not be known. Records and lines counted as the planner (shards._scan_csv) does.
+    reader = csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline=""))
+    header = next(reader, None)
+    if header is None:
+        return
+    line, n = reader.line_num, 0
+    for fields in reader:
+        if fields:
+            # Every value stays the string it is in the file: type guessing would turn id "007" into 7.
+            yield n, line + 1, {k: (v if v != "" else None) for k, v in zip(header, fields)}
+            n += 1
+        line = reader.line_num
+
+
+def _parquet_records(f, split: dict[str, Any], columns: list[str]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(f)
+    present = [c for c in columns if c in pf.schema_arrow.names]
+    n = split["rg_row_start"]
+    for rg in split["row_groups"]:
+        table = pf.read_row_group(rg, columns=present)
+        for start in range(0, table.num_rows, 4096):
+            for rec in table.slice(start, 4096).to_pylist():
+                yield n, n + 1, rec
+                n += 1
+
+
+def split_rows(fs: Any, split: dict[str, Any], cfg: InputConfig) -> Iterator[tuple[int, int, ManifestRow]]:
+    """(record number, line number, row) for the records of a split's shards, in file order."""
+    lo = min(s["row_start"] for s in split["shards"])
+    hi = max(s["row_start"] + s["rows"] for s in split["shards"])
+    path, fmt = split["path"], split["fmt"]
+    with fs.open(path, "rb", compression=split["compression"]) as f:
+        if fmt == "jsonl":
+            if split.get("byte_start") is not None:
+                f.seek(split["byte_start"])
+                first = split["shards"][0]
+                records = _jsonl_records(
+                    f, first["row_start"], first["line_start"], split["byte_end"] - split["byte_start"]
+                )
+            else:
+                records = _jsonl_records(f, 0, 1, None)
+        elif fmt == "csv":
+            records = _csv_records(f)
+        else:
+            columns = [cfg.id_column, cfg.image_column, cfg.video_column, cfg.question_column,
+                       cfg.start_column, cfg.end_column, *cfg.passthrough]  # fmt: skip
+            records = _parquet_records(f, split, columns)
+        for n, line_no, rec in records:
+            if n >= hi:
+                return
+            if n < lo:
+                continue
+            fallback = f"{path}#{line_no}"  # a stable id for rows that have none
+            if fmt == "jsonl":
+                rec = _parse_json(rec, line_no)
+            if isinstance(rec, str):
+                yield n, line_no, ManifestRow(id=fallback, error=rec)
+            else:
+                yield n, line_no, parse_row(rec, cfg, fallback)
+
+
 def read_manifest(cfg: InputConfig) -> list[ManifestRow]:
-    """All rows, in file then line order; duplicates after the first are invalid."""
-    fs, files = manifest_files(cfg)
+    """Every row of a small manifest, in file then line order; repeated ids after the first
+    are invalid. For `validate` and tests: the job reads shards on workers instead."""
+    fs, files = list_files(cfg)
     rows: list[ManifestRow] = []
     seen: set[str] = set()
-    for path in files:
-        fmt = _format_of(path, cfg.format)
-        for n, rec in _records(fs, path, fmt):
-            fallback = f"{path}#{n}"  # a stable id for rows that have none
-            if isinstance(rec, str):
-                rows.append(ManifestRow(id=fallback, error=rec))
-            else:
-                row = parse_row(rec, cfg, fallback)
-                if row.id in seen:  # valid or not: two output rows must never share a key
-                    dup = f"duplicate {cfg.id_column} {row.id!r}: only its first row is processed"
-                    row.error = dup if row.error is None else f"{dup}; {row.error}"
-                    row.id = f"{row.id}#dup@{path}#{n}"
+    for file in files:
+        for shard in plan_file(fs, file, shard_rows=1 << 30):
+            for _, line_no, row in split_rows(fs, split_of(file, [shard]), cfg):
+                if row.id in seen:
+                    row.mark_duplicate(cfg.id_column, f"{file.path}#{line_no}")
                 seen.add(row.id)
                 rows.append(row)
-            if cfg.limit is not None and len(rows) >= cfg.limit:
-                return rows
+                if cfg.limit is not None and len(rows) >= cfg.limit:
+                    return rows
     return rows
+
+
+def split_of(file: ManifestFile, shards: list[Shard], **extra: Any) -> dict[str, Any]:
+    """A read unit: consecutive shards of one file, read together by one reader."""
+    seekable = file.seekable and all(s.byte_start is not None for s in shards)
+    return {
+        "path": file.path, "fmt": file.fmt, "compression": file.compression,
+        "byte_start": shards[0].byte_start if seekable else None,
+        "byte_end": shards[-1].byte_end if seekable else None,
+        "row_groups": sorted({g for s in shards for g in s.row_groups}),
+        "rg_row_start": min((s.rg_row_start for s in shards if s.row_groups), default=0),
+        "shards": [{"id": s.id, "row_start": s.row_start, "rows": s.rows, "line_start": s.line_start, **extra}
+                   for s in shards],
+    }  # fmt: skip
 
 
 def sample_manifest(cfg: InputConfig, preprocess: PreprocessConfig, n: int = 20) -> str:

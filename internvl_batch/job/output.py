@@ -1,13 +1,15 @@
-"""Parquet output: explicit schema, atomic part files, the resume index, `_SUCCESS` last.
+"""The output directory: parquet parts per shard, the shard ledger, `_SUCCESS` last.
 
 Layout under `output.path`:
-    part-<run_id>-<seq>.parquet   committed results; a file appears whole or not at all
-    _SUCCESS                      JSON summary, written last; absent while a run is going
+    part-<shard>-<run>-<seq>.parquet   rows of one shard; a file appears whole or not at all
+    _ledger/<shard>.json               written after the shard's last part: the shard is done
+    _state/                            cached plans of manifest files, duplicate ids, job settings
+    _SUCCESS                           JSON summary, written last; absent while a run is going
 
-A row is keyed by (id, task). Resume reads the keys already committed and the next run
-does only the rest. With `retry_failed`, rows whose status is not ok are redone and the
-superseded rows are then removed from their part files (`reconcile`), so the finished
-output holds every (id, task) exactly once.
+Which shards are done is a listing of `_ledger/` (O(shards)); only a shard a crash left
+partly done is read row by row, and only its own parts. Readers of the output skip names
+that start with `_` or `.` (pyarrow and Spark do), so `pq.read_table(output.path)` reads
+exactly the results.
 """
 
 from __future__ import annotations
@@ -15,19 +17,34 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from internvl_batch.status import Status
 
-_KEY_COLUMNS = ["id", "task", "status", "run_id"]
+LEDGER = "_ledger"
+STATE = "_state"
+CHECKSUM_KEY = b"internvl_batch.shard_checksum"
+_KEY_COLUMNS = ["row", "task", "status", "run_id"]
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def part_name(shard: str, run_id: str, seq: int) -> str:
+    return f"part-{shard}-{run_id}-{seq:04d}.parquet"
+
+
+def shard_of_part(path: str) -> str:
+    """The shard of a part file's name (run ids are `<time>-<hex>`, seq has no dash)."""
+    stem = path.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet")
+    return stem.rsplit("-", 3)[0]
 
 
 class OutputDir:
@@ -35,111 +52,142 @@ class OutputDir:
         import fsspec
 
         self.url = path
-        self.fs, self.root = fsspec.core.url_to_fs(path, **(storage_options or {}))
-        self.root = self.root.rstrip("/")
+        self.fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        self.root = root.rstrip("/")
         self.fs.makedirs(self.root, exist_ok=True)
-        self._local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = "file" in protocols or "local" in protocols
 
-    def part_files(self) -> list[str]:
-        return sorted(self.fs.glob(f"{self.root}/part-*.parquet"))
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
 
-    def write_atomic(self, name: str, table: pa.Table) -> str:
+    # -- files ------------------------------------------------------------------------
+    def part_files(self, shard: str | None = None) -> list[str]:
+        return sorted(self.fs.glob(self.path(f"part-{shard + '-' if shard else ''}*.parquet")))
+
+    def write_atomic(self, name: str, data: pa.Table | bytes, metadata: dict[bytes, bytes] | None = None) -> str:
         """Object stores publish an object only when its upload completes; on a local or
         POSIX filesystem we write a dot-file (which readers skip) and rename it."""
-        final = f"{self.root}/{name}"
-        target = f"{self.root}/.{name}.tmp" if self._local else final
+        final = self.path(name)
+        head, _, base = name.rpartition("/")
+        target = self.path(f"{head + '/' if head else ''}.{base}.tmp") if self.local else final
+        if self.local and head:
+            self.fs.makedirs(self.path(head), exist_ok=True)
         with self.fs.open(target, "wb") as f:
-            pq.write_table(table, f)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                table = data.replace_schema_metadata({**(data.schema.metadata or {}), **(metadata or {})})
+                pq.write_table(table, f)
         if target != final:
             self.fs.mv(target, final)
         return final
 
-    # -- resume ---------------------------------------------------------------------
-    def read_keys(self) -> pa.Table:
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_atomic(name, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    def read_json(self, name: str) -> Any | None:
+        try:
+            return json.loads(self.fs.cat_file(self.path(name)))
+        except FileNotFoundError:
+            return None
+
+    def read_jsons(self, names: list[str]) -> dict[str, Any]:
+        """Many small files at once (object stores: concurrent requests)."""
+        if not names:
+            return {}
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            return dict(zip(names, pool.map(self.read_json, names)))
+
+    def remove(self, paths: list[str]) -> None:
+        for p in paths:
+            if self.fs.exists(p):
+                self.fs.rm(p)
+
+    # -- the ledger -------------------------------------------------------------------
+    def ledger_ids(self) -> list[str]:
+        found = self.fs.glob(self.path(f"{LEDGER}/*.json"))
+        return sorted(p.rsplit("/", 1)[-1][: -len(".json")] for p in found)
+
+    def read_ledger(self, shard_ids: list[str]) -> dict[str, dict]:
+        entries = self.read_jsons([f"{LEDGER}/{s}.json" for s in shard_ids])
+        return {name[len(LEDGER) + 1 : -len(".json")]: e for name, e in entries.items() if e is not None}
+
+    def write_ledger(self, shard: Any, tasks: list[str], counts: dict[str, dict[str, int]], run_id: str) -> None:
+        """The shard is done: every task's rows are in its parts (written before this)."""
+        entry = {
+            "shard": shard.id, "path": shard.path, "index": shard.index, "row_start": shard.row_start,
+            "rows": shard.rows, "checksum": shard.checksum, "tasks": tasks, "counts": counts, "run_id": run_id,
+        }  # fmt: skip
+        self.write_json(f"{LEDGER}/{shard.id}.json", entry)
+
+    def remove_ledger(self, shard: str) -> None:
+        self.remove([self.path(f"{LEDGER}/{shard}.json")])
+
+    # -- one shard's rows -------------------------------------------------------------
+    def shard_keys(self, shard: str) -> pa.Table:
+        """(row, task, status, run_id, file, pos) of every row in the shard's parts."""
         tables = []
-        for path in self.part_files():
+        for path in self.part_files(shard):
             with self.fs.open(path, "rb") as f:
                 t = pq.read_table(f, columns=_KEY_COLUMNS)
-            t = t.append_column("file", pa.array([path] * t.num_rows, pa.string()))
-            tables.append(t.append_column("row", pa.array(range(t.num_rows), pa.int64())))
+            n = t.num_rows
+            t = t.append_column("file", pa.array([path] * n, pa.string()))
+            tables.append(t.append_column("pos", pa.array(np.arange(n), pa.int64())))
         if not tables:
-            empty = {c: pa.array([], pa.string()) for c in [*_KEY_COLUMNS, "file"]}
-            return pa.table({**empty, "row": pa.array([], pa.int64())})
+            return pa.table(
+                {"row": pa.array([], pa.int64()), **{c: pa.array([], pa.string()) for c in _KEY_COLUMNS[1:]},
+                 "file": pa.array([], pa.string()), "pos": pa.array([], pa.int64())}
+            )  # fmt: skip
         return pa.concat_tables(tables)
 
-    def done_keys(self, retry_failed: bool) -> set[tuple[str, str]]:
-        keys = self.read_keys().to_pylist()
-        return {(k["id"], k["task"]) for k in keys if not retry_failed or k["status"] == Status.OK}
+    def part_checksums(self, shard: str) -> set[str]:
+        sums = set()
+        for path in self.part_files(shard):
+            with self.fs.open(path, "rb") as f:
+                meta = pq.read_schema(f).metadata or {}
+            sums.add(meta.get(CHECKSUM_KEY, b"").decode())
+        return sums
 
-    def reconcile(self) -> int:
-        """Drop superseded rows (a key written twice: keep ok, else the newest run). Returns rows dropped."""
-        keys = self.read_keys().to_pylist()
-        best: dict[tuple[str, str], dict] = {}
-        for k in keys:
-            key = (k["id"], k["task"])
-            cur = best.get(key)
-            rank = (k["status"] == Status.OK, k["run_id"], k["file"])
-            if cur is None or rank > (cur["status"] == Status.OK, cur["run_id"], cur["file"]):
-                best[key] = k
-        losers: dict[str, set[int]] = {}  # file -> row positions to drop
-        for k in keys:
-            if best[(k["id"], k["task"])] is not k:
-                losers.setdefault(k["file"], set()).add(k["row"])
-        for path, drop in losers.items():
+    def reconcile_shard(self, shard: str) -> tuple[int, pa.Table]:
+        """Keep one row per (row, task): ok beats a failure, then the newest run wins.
+        Returns (rows dropped, the keys that remain)."""
+        keys = self.shard_keys(shard)
+        if keys.num_rows == 0:
+            return 0, keys
+        ranked = keys.append_column("ok", pc.equal(keys["status"], Status.OK.value)).sort_by(
+            [("row", "ascending"), ("task", "ascending"), ("ok", "descending"),
+             ("run_id", "descending"), ("file", "descending"), ("pos", "descending")]
+        )  # fmt: skip
+        rows, tasks = ranked["row"].to_numpy(), ranked["task"].to_numpy(zero_copy_only=False)
+        loser = np.zeros(len(rows), bool)
+        loser[1:] = (rows[1:] == rows[:-1]) & (tasks[1:] == tasks[:-1])
+        if not loser.any():
+            return 0, keys
+        losers = ranked.filter(pa.array(loser))
+        for path in set(losers["file"].to_pylist()):
+            drop = pc.filter(losers["pos"], pc.equal(losers["file"], path)).to_numpy()
             with self.fs.open(path, "rb") as f:
                 table = pq.read_table(f)
-            kept = table.filter(pa.array([i not in drop for i in range(table.num_rows)]))
-            name = path.rsplit("/", 1)[-1]
+            kept = table.filter(pa.array(~np.isin(np.arange(table.num_rows), drop)))
             if kept.num_rows:
-                self.write_atomic(name, kept)
+                self.write_atomic(path.rsplit("/", 1)[-1], kept)  # the schema keeps its checksum metadata
             else:
                 self.fs.rm(path)
-        return sum(len(v) for v in losers.values())
+        return int(loser.sum()), ranked.filter(pa.array(~loser)).drop_columns(["ok"])
 
-    def status_counts(self) -> Counter:
-        return Counter(self.read_keys()["status"].to_pylist())
-
-    # -- the marker -----------------------------------------------------------------
+    # -- the marker -------------------------------------------------------------------
     def clear_success(self) -> None:
-        marker = f"{self.root}/_SUCCESS"
-        if self.fs.exists(marker):
-            self.fs.rm(marker)
+        self.remove([self.path("_SUCCESS")])
 
     def write_success(self, summary: dict[str, Any]) -> None:
-        with self.fs.open(f"{self.root}/_SUCCESS", "w") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+        self.write_atomic("_SUCCESS", json.dumps(summary, indent=2, sort_keys=True).encode())
 
 
-class PartWriter:
-    """Buffers result tables and commits them as part files of bounded size and age."""
-
-    def __init__(self, out: OutputDir, schema: pa.Schema, run_id: str, rows_per_file: int, flush_interval_s: float):
-        self.out, self.schema, self.run_id = out, schema, run_id
-        self.rows_per_file, self.flush_interval_s = rows_per_file, flush_interval_s
-        self._tables: list[pa.Table] = []
-        self._buffered = 0
-        self._seq = 0
-        self._last_flush = time.monotonic()
-        self.written = 0
-
-    def add(self, table: pa.Table) -> None:
-        self._tables.append(table)
-        self._buffered += table.num_rows
-        while self._buffered >= self.rows_per_file:
-            buffered = pa.concat_tables(self._tables)
-            self._commit(buffered.slice(0, self.rows_per_file))
-            rest = buffered.slice(self.rows_per_file)
-            self._tables, self._buffered = [rest], rest.num_rows
-        if self._buffered and time.monotonic() - self._last_flush >= self.flush_interval_s:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._buffered:
-            self._commit(pa.concat_tables(self._tables))
-            self._tables, self._buffered = [], 0
-
-    def _commit(self, table: pa.Table) -> None:
-        self.out.write_atomic(f"part-{self.run_id}-{self._seq:05d}.parquet", table.cast(self.schema))
-        self._seq += 1
-        self.written += table.num_rows
-        self._last_flush = time.monotonic()
+def status_counts(keys: pa.Table) -> dict[str, dict[str, int]]:
+    """{task: {status: n}} of a table with task and status columns."""
+    counts: dict[str, dict[str, int]] = {}
+    if keys.num_rows:
+        for r in keys.group_by(["task", "status"]).aggregate([("status", "count")]).to_pylist():
+            counts.setdefault(r["task"], {})[r["status"]] = r["status_count"]
+    return counts

@@ -1,33 +1,41 @@
-"""Wires the stages into Ray Data; nothing else. manifest items -> prepare (CPU actors) ->
-inference (engine actors) -> a stream of output tables for the sink.
+"""Wires the stages into Ray Data; nothing else. splits -> read (reader actors) -> prepare
+(CPU actors) -> inference (engine actors) -> a stream of output tables for the sink.
 
 The stages' logic lives in job/stages, their resources come from the config here.
 """
 
 from __future__ import annotations
 
-import math
-
-import pyarrow as pa
+import json
+from typing import Any
 
 from internvl_batch.config import JobConfig
 from internvl_batch.job.stages.base import StageResources
 
 
-def stage_resources(cfg: JobConfig) -> tuple[StageResources, StageResources]:
+def stage_resources(cfg: JobConfig) -> dict[str, StageResources]:
     rt = cfg.runtime
-    prepare = StageResources(
-        num_cpus=rt.cpus_per_worker, concurrency=rt.cpu_workers, batch_size=rt.preprocess_batch_size
-    )
-    # One replica per actor: it asks for TP GPUs and vLLM spreads the model over the GPUs
-    # Ray made visible to it; none with the CPU build.
-    inference = StageResources(
-        num_cpus=rt.engine_cpus,
-        num_gpus=cfg.model.tensor_parallel_size if rt.use_gpu else 0,
-        concurrency=rt.replicas,
-        batch_size=rt.engine_batch_size,
-    )
-    return prepare, inference
+    return {
+        "read": StageResources(num_cpus=rt.reader_cpus, concurrency=rt.readers, batch_size=1),
+        "prepare": StageResources(
+            num_cpus=rt.cpus_per_worker, concurrency=rt.cpu_workers, batch_size=rt.preprocess_batch_size
+        ),
+        # One replica per actor: it asks for TP GPUs and vLLM spreads the model over the
+        # GPUs Ray made visible to it; none with the CPU build.
+        "inference": StageResources(
+            num_cpus=rt.engine_cpus,
+            num_gpus=cfg.model.tensor_parallel_size if rt.use_gpu else 0,
+            concurrency=rt.replicas,
+            batch_size=rt.engine_batch_size,
+            in_flight=rt.engine_batches_in_flight,
+        ),
+    }
+
+
+def reader_chunk_rows(cfg: JobConfig) -> int:
+    """Rows per table a reader yields: it bounds the reader's memory on a large split (Ray
+    Data then joins tables into blocks of `runtime.block_kib`)."""
+    return max(16, min(4096, 16 * cfg.runtime.preprocess_batch_size))
 
 
 def init_ray(cfg: JobConfig):
@@ -40,23 +48,21 @@ def init_ray(cfg: JobConfig):
     # yet; on a small node it serialises the CPU stage (measured: 0.98x vs 1.31x a loop).
     ctx.op_resource_reservation_enabled = cfg.runtime.op_resource_reservation
     ctx.enable_progress_bars = False
+    # An engine that cannot start fails the same way every time: give up after as many
+    # tries as a dead engine gets, instead of the default first-death failure.
+    ctx.max_consecutive_actor_init_deaths = cfg.runtime.max_engine_restarts
+    # Ray Data joins a task's outputs into blocks of this size, whatever the stage yields:
+    # at the default 128 MiB a reader's whole split would reach one CPU worker. Every stage
+    # is an actor with reserved resources (no Ray Data op may need a CPU the pools hold,
+    # or it waits forever: a repartition would), so block size is the knob.
+    ctx.target_max_block_size = cfg.runtime.block_kib * 1024
     return ray
 
 
-def build_dataset(ray, items: pa.Table, cfg: JobConfig, run_id: str):
-    from internvl_batch.job.stages.inference import InferenceStage
-    from internvl_batch.job.stages.prepare import PrepareStage
-
-    prepare, inference = stage_resources(cfg)
-    passthrough = cfg.input.passthrough
-    n = items.num_rows
-    # A small manifest would otherwise be one block, processed by one CPU worker.
-    blocks = max(1, min(n, max(prepare.concurrency * 4, math.ceil(n / prepare.batch_size))))
-    size = math.ceil(n / blocks)
-    ds = ray.data.from_arrow([items.slice(i, size) for i in range(0, n, size)])
-    # Two actor pools with different resources: Ray never fuses them, so decoding and
-    # tiling never run in the engine's process.
-    ds = ds.map_batches(PrepareStage, fn_constructor_args=(cfg.preprocess, passthrough), **prepare.map_batches_kwargs())
-    return ds.map_batches(
-        InferenceStage, fn_constructor_args=(cfg.model, cfg.task, passthrough, run_id), **inference.map_batches_kwargs()
-    )
+def build_dataset(ray, cfg: JobConfig, splits: list[dict[str, Any]], stages: dict[str, Any], args: dict[str, tuple]):
+    """`stages`: the stage class per name; `args`: their constructor arguments."""
+    resources = stage_resources(cfg)
+    ds = ray.data.from_items([{"split": json.dumps(s)} for s in splits], override_num_blocks=max(1, len(splits)))
+    for name in ("read", "prepare", "inference"):
+        ds = ds.map_batches(stages[name], fn_constructor_args=args[name], **resources[name].map_batches_kwargs())
+    return ds

@@ -20,7 +20,10 @@ import pyarrow as pa
 TILE_SHAPE = (448, 448, 3)
 
 # One manifest row with the tasks left to do for it; status/error set when the row is invalid.
+# (shard, row) locate it: its shard and its record number in its manifest file.
 ITEM_FIELDS = [
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("row", pa.int64(), nullable=False),
     pa.field("id", pa.string(), nullable=False),
     pa.field("images", pa.list_(pa.string())),
     pa.field("video", pa.string()),
@@ -56,6 +59,8 @@ OUTPUT_FIELDS = [
     pa.field("run_id", pa.string()),
     pa.field("preprocess_ms", pa.float64()),
     pa.field("engine_ms", pa.float64()),
+    pa.field("shard", pa.string(), nullable=False),
+    pa.field("row", pa.int64(), nullable=False),
 ]
 OUTPUT_COLUMNS = frozenset(f.name for f in OUTPUT_FIELDS)
 

@@ -1,61 +1,58 @@
-"""Runs a job in three steps: plan (what is left to do), execute (stream it through the
-pipeline into the sink), verify (every (id, task) exactly once) and only then `_SUCCESS`."""
+"""Runs a job: plan (what is left, per shard), execute (stream it through the pipeline into
+the sink, watched by the monitor), verify (every shard's ledger entry holds every row x
+task) and only then `_SUCCESS`.
+
+The driver holds the plan (O(shards)), the sink's open shards and counters: nothing that
+grows with the manifest's rows.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from internvl_batch.config import JobConfig
-from internvl_batch.job.manifest import ManifestRow, read_manifest
-from internvl_batch.job.output import OutputDir, PartWriter, new_run_id
-from internvl_batch.job.records import item_schema, output_schema
-from internvl_batch.status import Status
+from internvl_batch.engines.vllm.occupancy import combine
+from internvl_batch.job.dedup import find_duplicates, plan_key
+from internvl_batch.job.monitor import JobFailed, stalled_stage, start_monitor
+from internvl_batch.job.output import STATE, OutputDir, new_run_id
+from internvl_batch.job.plan import Plan, make_plan, read_splits
+from internvl_batch.job.records import output_schema
+from internvl_batch.job.sink import ShardSink
 
 log = logging.getLogger("internvl_batch")
+
+_DONE = object()
+_POLL_S = 1.0
 
 
 @dataclass
 class RunSummary:
     finished: bool
     run_id: str
-    manifest_rows: int
-    tasks: list[str]
-    todo_rows: int
+    plan: dict[str, Any]
     written_this_run: int = 0
     status_counts: dict[str, int] = field(default_factory=dict)
+    duplicate_ids: int = 0
     wall_s: float = 0.0
     rows_per_s: float = 0.0
     output_tokens_per_s: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
 
-
-@dataclass
-class Plan:
-    rows: list[ManifestRow]
-    items: pa.Table  # one ITEM per row with tasks left to do
-    todo: int  # (id, task) pairs to do
-    invalid: int  # of which invalid rows
-
-
-def plan(cfg: JobConfig, out: OutputDir) -> Plan:
-    tasks = [t.name for t in cfg.task]
-    rows = read_manifest(cfg.input)
-    done = out.done_keys(cfg.runtime.retry_failed)
-    items = []
-    for r in rows:
-        todo = [t for t in tasks if (r.id, t) not in done]
-        if todo:
-            items.append(r.item(todo))
-    table = pa.Table.from_pylist(items, schema=item_schema(cfg.input.passthrough))
-    n_todo = sum(len(i["tasks"]) for i in items)
-    invalid = sum(len(i["tasks"]) for i in items if i["status"] != Status.OK)
-    return Plan(rows, table, n_todo, invalid)
+    @property
+    def todo_rows(self) -> int:
+        return self.plan.get("rows_x_tasks_to_do", 0)
 
 
 class _Progress:
@@ -68,72 +65,191 @@ class _Progress:
 
     def update(self, batch: pa.Table) -> None:
         self.rows += batch.num_rows
-        self.counts.update(batch["status"].to_pylist())
-        self.tokens += pa.compute.sum(batch["num_output_tokens"]).as_py() or 0
-        self.stage_ms["preprocess"] += pa.compute.sum(batch["preprocess_ms"]).as_py() or 0.0
-        self.stage_ms["engine"] += pa.compute.sum(batch["engine_ms"]).as_py() or 0.0
+        for r in pc.value_counts(batch["status"]).to_pylist():
+            self.counts[r["values"]] += r["counts"]
+        self.tokens += pc.sum(batch["num_output_tokens"]).as_py() or 0
+        self.stage_ms["preprocess"] += pc.sum(batch["preprocess_ms"]).as_py() or 0.0
+        self.stage_ms["engine"] += pc.sum(batch["engine_ms"]).as_py() or 0.0
+
+    def maybe_log(self, open_shards: int) -> None:
         now = time.monotonic()
         if now - self.last >= self.interval_s:
             self.last = now
             elapsed = now - self.start
-            log.info("progress: %d/%d rows, %.2f rows/s, %.1f output tok/s, %s", self.rows, self.total,
-                     self.rows / elapsed, self.tokens / elapsed, dict(self.counts))  # fmt: skip
+            log.info("progress: %d/%d rows x tasks, %.2f/s, %.1f output tok/s, %d shard(s) open, %s", self.rows,
+                     self.total, self.rows / elapsed, self.tokens / elapsed, open_shards, dict(self.counts))  # fmt: skip
 
 
-def execute(cfg: JobConfig, p: Plan, writer: PartWriter, progress: _Progress) -> None:
-    from internvl_batch.job.pipeline import build_dataset, init_ray
+def _ray_mapper(ray, num_cpus: float):
+    def mapper(fn, items):
+        task = ray.remote(fn).options(num_cpus=num_cpus)
+        return ray.get([task.remote(i) for i in items])
 
-    ray = init_ray(cfg)
-    for batch in build_dataset(ray, p.items, cfg, writer.run_id).iter_batches(batch_size=None, batch_format="pyarrow"):
-        writer.add(batch)
-        progress.update(batch)
-    writer.flush()
+    return mapper
 
 
-def verify(cfg: JobConfig, p: Plan, out: OutputDir) -> tuple[Counter, int, int]:
-    """(status counts, missing, duplicated) over the manifest's (id, task) pairs."""
+def _duplicates(ray, cfg: JobConfig, plan: Plan, out: OutputDir) -> tuple[str | None, int]:
+    """The cached losers file of this plan, computed once (see job/dedup.py)."""
+    name = f"{STATE}/duplicates-{plan_key(plan.shards, cfg.input.id_column)}.parquet"
+    marker = out.read_json(name + ".json")
+    if marker is None:
+        index = {s.id: i for i, s in enumerate(plan.shards)}
+        # Occurrences in shards that already have output win: earlier runs decided so.
+        ranks = {sid: ((0 if sid in plan.with_output else 1) << 62) | (i << 32) for sid, i in index.items()}
+        splits = read_splits(plan.files, plan.shards)
+        start = time.monotonic()
+        n = find_duplicates(ray, cfg.input, splits, ranks, plan.rows, (out.url, cfg.output.storage_options), name, 1.0)
+        out.write_json(name + ".json", {"duplicates": n})
+        log.info("plan: duplicate-id check over %d rows: %d repeated id(s) in %.1fs", plan.rows, n,
+                 time.monotonic() - start)  # fmt: skip
+        marker = {"duplicates": n}
+    return (name if marker["duplicates"] else None), marker["duplicates"]
+
+
+def default_stages() -> dict[str, Any]:
+    from internvl_batch.job.stages.inference import InferenceStage
+    from internvl_batch.job.stages.prepare import PrepareStage
+    from internvl_batch.job.stages.read import ReadStage
+
+    return {"read": ReadStage, "prepare": PrepareStage, "inference": InferenceStage}
+
+
+def _stage_args(cfg: JobConfig, out: OutputDir, run_id: str, duplicates: str | None, monitor: str):
+    from internvl_batch.job.pipeline import reader_chunk_rows
+
     tasks = [t.name for t in cfg.task]
-    keys = out.read_keys()
-    pairs = list(zip(keys["id"].to_pylist(), keys["task"].to_pylist(), keys["status"].to_pylist()))
-    expected = {(r.id, t) for r in p.rows for t in tasks}
-    found = Counter((i, t) for i, t, _ in pairs)
-    missing = len(expected - found.keys())
-    dupes = sum(1 for k in expected if found[k] > 1)
-    return Counter(s for i, t, s in pairs if (i, t) in expected), missing, dupes
+    out_spec = (out.url, cfg.output.storage_options)
+    return {
+        "read": (cfg.input, tasks, out_spec, cfg.runtime.retry_failed, duplicates, reader_chunk_rows(cfg), monitor),
+        "prepare": (cfg.preprocess, cfg.input.passthrough, monitor),
+        "inference": (cfg.model, cfg.task, cfg.input.passthrough, run_id, monitor),
+    }
 
 
-def run_job(cfg: JobConfig, dry_run: bool = False) -> RunSummary:
+def execute(ray, cfg: JobConfig, plan: Plan, sink: ShardSink, progress: _Progress, stages, args, monitor) -> None:
+    """Stream results into the sink; fail fast (never hang) on a dead engine or a stall."""
+    from internvl_batch.job.pipeline import build_dataset
+
+    ds = build_dataset(ray, cfg, plan.splits, stages, args)
+    results: queue.Queue = queue.Queue(maxsize=8)
+
+    def pump() -> None:
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                results.put(batch)
+            results.put(_DONE)
+        except BaseException as e:  # handed to the control loop, which owns the failure
+            results.put(e)
+
+    threading.Thread(target=pump, name="pipeline-results", daemon=True).start()
+    last_output = last_poll = time.monotonic()
+    while True:
+        try:
+            item = results.get(timeout=_POLL_S)
+        except queue.Empty:
+            item = None
+        if item is _DONE:
+            return
+        if isinstance(item, BaseException):
+            snap = _snapshot(ray, monitor)
+            cause = snap.get("fatal") or snap.get("last_engine_failure")
+            raise JobFailed(
+                f"the pipeline failed: {type(item).__name__}: {item}" + (f" (cause: {cause})" if cause else "")
+            )
+        now = time.monotonic()
+        if item is not None:
+            sink.add(item)
+            progress.update(item)
+            last_output = now
+        else:
+            sink.flush_due()
+        progress.maybe_log(sink.open_shards)
+        if now - last_poll >= _POLL_S:
+            last_poll = now
+            snap = _snapshot(ray, monitor)
+            if snap.get("fatal"):
+                raise JobFailed(snap["fatal"])
+            if now - last_output > cfg.runtime.stall_timeout_s:
+                stage = stalled_stage(snap) if "stages" in snap else "unknown"
+                raise JobFailed(
+                    f"no row reached the output for {cfg.runtime.stall_timeout_s:.0f}s "
+                    f"(runtime.stall_timeout_s); the {stage} stage stalled: {json.dumps(snap.get('stages'))}"
+                )
+
+
+def _snapshot(ray, monitor) -> dict[str, Any]:
+    try:
+        return ray.get(monitor.snapshot.remote(), timeout=10)
+    except Exception as e:  # the monitor is an aid; its loss must not hide the real failure
+        log.warning("job monitor unavailable: %s", e)
+        return {}
+
+
+def verify(out: OutputDir, plan: Plan, tasks: list[str]) -> tuple[dict[str, int], list[str]]:
+    """Status counts over the plan's shards, and the shards whose ledger entry is missing or short."""
+    ledger = out.read_ledger([s.id for s in plan.shards])
+    counts: Counter = Counter()
+    bad = []
+    for s in plan.shards:
+        entry = ledger.get(s.id)
+        per_task = (entry or {}).get("counts", {})
+        # An entry may cover more rows than this plan asks of the shard (a run with input.limit).
+        if (
+            entry is None
+            or entry["rows"] < s.rows
+            or any(sum(per_task.get(t, {}).values()) != entry["rows"] for t in tasks)
+        ):
+            bad.append(s.id)
+            continue
+        for t in tasks:
+            counts.update(per_task[t])
+    return dict(counts), bad
+
+
+def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None = None) -> RunSummary:
+    """`stages` replaces stage classes by name (benchmarks swap the engine for a trivial one)."""
+    from internvl_batch.job.pipeline import init_ray
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tasks = [t.name for t in cfg.task]
     out = OutputDir(cfg.output.path, cfg.output.storage_options)
-    if not dry_run:
-        out.reconcile()  # a retry run that was killed may have left superseded rows
-    p = plan(cfg, out)
-    summary = RunSummary(finished=False, run_id=new_run_id(), manifest_rows=len(p.rows), tasks=tasks, todo_rows=p.todo)
-    log.info("plan: %d manifest rows x %d task(s); %d already done; %d to do (%d invalid)", len(p.rows), len(tasks),
-             len(p.rows) * len(tasks) - p.todo, p.todo, p.invalid)  # fmt: skip
+    ray = init_ray(cfg)
+    # Planning and the duplicate check run before the pipeline, when the cluster's CPUs are free.
+    plan = make_plan(cfg, out, _ray_mapper(ray, 1.0), write=not dry_run)
+    summary = RunSummary(finished=False, run_id=new_run_id(), plan=plan.summary(tasks))
+    log.info("plan: %s", json.dumps(summary.plan))
     if dry_run:
         summary.finished = True
-        print(json.dumps(asdict(summary), indent=2))
+        print(json.dumps(summary.plan, indent=2))
         return summary
 
     out.clear_success()
-    writer = PartWriter(out, output_schema(cfg.input.passthrough), summary.run_id, cfg.output.rows_per_file,
-                        cfg.output.flush_interval_s)  # fmt: skip
-    progress = _Progress(p.todo, cfg.runtime.progress_interval_s)
-    if p.items.num_rows:
-        execute(cfg, p, writer, progress)
-    out.reconcile()
+    duplicates, summary.duplicate_ids = _duplicates(ray, cfg, plan, out)
+    schema = output_schema(cfg.input.passthrough)
+    sink = ShardSink(out, schema, summary.run_id, tasks, plan.todo, cfg.output.rows_per_file,
+                     cfg.output.flush_interval_s)  # fmt: skip
+    progress = _Progress(plan.pairs_todo, cfg.runtime.progress_interval_s)
+    monitor_name = f"internvl-batch-monitor-{summary.run_id}"
+    monitor = start_monitor(ray, monitor_name, cfg.runtime.max_engine_restarts)
+    try:
+        if plan.todo:
+            args = _stage_args(cfg, out, summary.run_id, duplicates, monitor_name)
+            execute(ray, cfg, plan, sink, progress, {**default_stages(), **(stages or {})}, args, monitor)
+    finally:
+        sink.flush_all()  # what arrived is kept: a rerun resumes from it
+        snap = _snapshot(ray, monitor)
+        ray.kill(monitor)
     wall = time.monotonic() - progress.start
-    counts, missing, dupes = verify(cfg, p, out)
-    summary.written_this_run = writer.written
-    summary.status_counts = dict(counts)
+    summary.written_this_run = sink.written
     summary.wall_s = round(wall, 2)
-    summary.rows_per_s = round(writer.written / wall, 3) if wall else 0.0
+    summary.rows_per_s = round(sink.written / wall, 3) if wall else 0.0
     summary.output_tokens_per_s = round(progress.tokens / wall, 2) if wall else 0.0
     summary.stage_ms = {k: round(v, 1) for k, v in progress.stage_ms.items()}
-    if missing or dupes:
-        log.error("output incomplete: %d (id, task) missing, %d duplicated; rerun to resume", missing, dupes)
+    summary.engine = {**combine(list(snap.get("replicas", {}).values())), "failures": snap.get("engine_failures", 0)}
+    summary.counters = {**snap.get("counters", {}), "duplicate_results_dropped": sink.duplicates_dropped}
+    summary.status_counts, bad = verify(out, plan, tasks)
+    if bad or sink.unfinished():
+        log.error("output incomplete: %d shard(s) not complete (e.g. %s); rerun to resume", len(bad), bad[:3])
         return summary
     summary.finished = True
     out.write_success(asdict(summary))

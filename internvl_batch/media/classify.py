@@ -64,6 +64,21 @@ def classify(exc: Exception) -> tuple[type[FetchError], str]:
     botocore errors into OSError subclasses) while the original says what happened.
     Anything unrecognised is a non-retriable FetchError.
     """
+    kind, decider = storage_kind(exc)
+    detail = describe(exc) if decider is exc else f"{describe(exc)} (caused by {describe(decider)})"
+    if kind == "not_found":
+        return MediaNotFound, f"not found: {detail}"
+    if kind == "transient":
+        return RetriableFetchError, detail
+    return FetchError, detail
+
+
+def storage_kind(exc: BaseException) -> tuple[str | None, BaseException]:
+    """('not_found' | 'transient' | 'fatal' | None, the exception that decided it).
+
+    The deepest recognised exception in the `raise ... from` chain decides (see `classify`).
+    Shared with the job's own storage I/O (internvl_batch/storage_retry.py), so a media
+    fetch and a manifest read agree on what is worth retrying."""
     kind, decider = None, exc
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -73,12 +88,7 @@ def classify(exc: Exception) -> tuple[type[FetchError], str]:
         if current_kind is not None:
             kind, decider = current_kind, current
         current = current.__cause__
-    detail = describe(exc) if decider is exc else f"{describe(exc)} (caused by {describe(decider)})"
-    if kind == "not_found":
-        return MediaNotFound, f"not found: {detail}"
-    if kind == "transient":
-        return RetriableFetchError, detail
-    return FetchError, detail
+    return kind, decider
 
 
 def _kind(exc: BaseException) -> str | None:

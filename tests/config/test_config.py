@@ -316,19 +316,20 @@ def test_cli_validate_bad_config(demo_yaml, capsys):
     assert "runtime.replica" in captured.err
 
 
-def test_cli_validate_reads_manifest_sample(demo_yaml, demo_data, tmp_path, capsys):
+def test_cli_validate_reads_manifest_sample(demo_yaml, demo_data, tmp_path, capsys, tiny_model_dir):
     image = tmp_path / "a.jpg"
     image.write_bytes(b"x")
     Path(demo_data["input"]["path"]).write_text(
         "".join(json.dumps({"id": f"r{i}", "image": str(image)}) + "\n" for i in range(5))
     )
-    assert main(["validate", str(demo_yaml), "--sample", "2"]) == 0
+    # validate also loads the model's config and tokenizer (tests/model/test_check.py)
+    assert main(["validate", str(demo_yaml), "--sample", "2", "--set", f"model.path={tiny_model_dir}"]) == 0
     out = capsys.readouterr().out
     assert "manifest: first 2 rows" in out and "r1: image ok" in out and "r2" not in out
 
 
-def test_cli_validate_missing_manifest(demo_yaml, capsys):
-    assert main(["validate", str(demo_yaml)]) == 2
+def test_cli_validate_missing_manifest(demo_yaml, capsys, tiny_model_dir):
+    assert main(["validate", str(demo_yaml), "--set", f"model.path={tiny_model_dir}"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

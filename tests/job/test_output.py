@@ -1,34 +1,39 @@
-"""Parquet output: schema, part files, the resume index, reconcile and the _SUCCESS marker.
+"""The output directory: atomic writes, part files per shard, the ledger, per-shard reconcile
+and the _SUCCESS marker.
 
-OutputDir/PartWriter tests run twice: on a local directory (dot-file + rename commit) and on
-a `memory://` prefix (the object-store path: direct write, no rename).
+OutputDir tests run twice: on a local directory (hidden tmp file + rename) and on a
+`memory://` prefix (the object-store path: a direct write under the final name).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import uuid
 from collections import Counter
-from types import SimpleNamespace
-from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from internvl_batch.job import output
-from internvl_batch.job.output import OutputDir, PartWriter
-from internvl_batch.job.records import OUTPUT_FIELDS, output_schema
+from internvl_batch.job.output import (
+    CHECKSUM_KEY,
+    OutputDir,
+    new_run_id,
+    part_name,
+    shard_of_part,
+    status_counts,
+)
+from internvl_batch.job.records import output_schema
+from internvl_batch.job.shards import Shard
 from internvl_batch.status import Status
+from tests.support.results import RUN1, RUN2, RUN3, read_parts, result, table, write_part
 
-RUN1 = "20240101T000000Z-aaaaaaaa"
-RUN2 = "20240102T000000Z-bbbbbbbb"
-PASSTHROUGH = ("source", "meta")
-
-
-# -- fixtures / helpers -------------------------------------------------------------------
+SHARD = "0123456789ab-000000"
+OTHER = "0123456789ab-000001"
+FAILURES = [s for s in Status if s != Status.OK]
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -48,66 +53,13 @@ def out(out_url) -> OutputDir:
     return OutputDir(out_url)
 
 
-@pytest.fixture
-def schema() -> pa.Schema:
-    return output_schema(PASSTHROUGH)
+def names(paths: list[str]) -> list[str]:
+    return [p.rsplit("/", 1)[-1] for p in paths]
 
 
-def result(id: str, task: str = "caption", status: str = "ok", **kw: Any) -> dict[str, Any]:
-    """A result row as the inference stage makes it; failed rows carry nulls."""
-    n = sum(map(ord, id + task))  # values that differ per row
-    if status == "ok":
-        row = {
-            "id": id,
-            "task": task,
-            "status": status,
-            "error": None,
-            "response": f"answer {id}/{task}",
-            "finish_reason": "stop",
-            "num_prompt_tokens": n % 1000,
-            "num_output_tokens": n % 50 + 1,
-            "num_tiles": n % 7 + 1,
-            "media": "image",
-            "model": "m",
-            "preprocess_ms": n / 8,
-            "engine_ms": n / 4,
-            "source": f"src-{id}",
-            "meta": json.dumps({"n": n}),
-        }
-    else:
-        row = {
-            "id": id,
-            "task": task,
-            "status": status,
-            "error": f"{status} for {id}",
-            "response": None,
-            "finish_reason": None,
-            "num_prompt_tokens": None,
-            "num_output_tokens": None,
-            "num_tiles": None,
-            "media": "none",
-            "model": "m",
-            "preprocess_ms": None,
-            "engine_ms": None,
-            "source": None,
-            "meta": None,
-        }
-    row.update(kw)
-    return row
-
-
-def add(w: PartWriter, rows: list[dict]) -> None:
-    """What the inference stage hands the sink: a table of complete output rows."""
-    w.add(pa.Table.from_pylist([{**r, "run_id": w.run_id} for r in rows], schema=w.schema))
-
-
-def write_run(
-    out: OutputDir, schema: pa.Schema, run_id: str, rows: list[dict], rows_per_file: int = 1000
-) -> PartWriter:
-    w = PartWriter(out, schema, run_id, rows_per_file=rows_per_file, flush_interval_s=1e9)
-    add(w, rows)
-    w.flush()
-    return w
+def listing(out: OutputDir) -> list[str]:
+    """Every object under the root, hidden ones included, relative to it."""
+    return sorted(p[len(out.root) + 1 :] for p in out.fs.find(out.root))
 
 
 def read_file(out: OutputDir, path: str) -> pa.Table:
@@ -115,298 +67,289 @@ def read_file(out: OutputDir, path: str) -> pa.Table:
         return pq.read_table(f)
 
 
-def read_all(out: OutputDir) -> list[dict[str, Any]]:
-    return [r for p in out.part_files() for r in read_file(out, p).to_pylist()]
+def key_rows(rows: list[dict]) -> list[tuple]:
+    return sorted((r["row"], r["task"], r["status"], r["run_id"]) for r in rows)
 
 
-def listing(out: OutputDir) -> list[str]:
-    """Every object under the output root, hidden ones included."""
-    return sorted(p.rsplit("/", 1)[-1] for p in out.fs.find(out.root))
+# -- names ----------------------------------------------------------------------------------
 
 
-def keys_of(rows: list[dict]) -> list[tuple[str, str]]:
-    return [(r["id"], r["task"]) for r in rows]
+@pytest.mark.parametrize("index", [0, 7, 999_999, 1_000_000, 123_456_789])
+@pytest.mark.parametrize("seq", [0, 12, 9999, 12345])
+def test_shard_of_part_inverts_part_name(index, seq):
+    shard = f"0123456789ab-{index:06d}"
+    for run_id in (RUN1, new_run_id()):
+        name = part_name(shard, run_id, seq)
+        assert shard_of_part(name) == shard
+        assert shard_of_part(f"s3://bucket/out-{run_id}/x-y/{name}") == shard
 
 
-# -- schema --------------------------------------------------------------------------------
+def test_new_run_ids_sort_by_time_and_differ():
+    a, b = new_run_id(), new_run_id()
+    assert a != b  # within one second too: a random tail
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", a)
+    assert RUN1 < RUN2 < RUN3 < a <= b[:16] + "~"  # "newest run wins" compares run ids as strings
 
 
-def test_output_schema_appends_passthrough_strings():
-    schema = output_schema(["source", "meta"])
-    assert list(schema)[: len(OUTPUT_FIELDS)] == OUTPUT_FIELDS
-    assert schema.names[len(OUTPUT_FIELDS) :] == ["source", "meta"]
-    assert schema.field("source").type == pa.string() and schema.field("meta").type == pa.string()
-    assert output_schema([]) == pa.schema(OUTPUT_FIELDS)
+# -- files ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("clash", ["id", "status", "response", "run_id"])
-def test_output_schema_rejects_clashing_passthrough(clash):
-    with pytest.raises(ValueError, match=re.escape(repr([clash]))):
-        output_schema(["ok_column", clash])
+def test_trailing_slash_is_the_same_dir(out_url):
+    write_part(OutputDir(out_url), SHARD, RUN1, 0, [result(SHARD, 0, "caption", RUN1)], "c0")
+    assert names(OutputDir(out_url + "/").part_files()) == [part_name(SHARD, RUN1, 0)]
 
 
-# -- OutputDir basics ------------------------------------------------------------------------
-
-
-def test_object_store_path_is_not_local(out, out_url):
-    assert out._local == (not out_url.startswith("memory://"))
+def test_object_store_is_not_local(out, out_url):
+    assert out.local == (not out_url.startswith("memory://"))
     assert out.fs.exists(out.root)
 
 
-def test_empty_output(out):
-    assert out.part_files() == []
-    keys = out.read_keys()
-    assert keys.num_rows == 0 and keys.column_names == ["id", "task", "status", "run_id", "file", "row"]
-    assert out.done_keys(retry_failed=False) == set() and out.done_keys(retry_failed=True) == set()
-    assert out.status_counts() == Counter()
-    assert out.reconcile() == 0
+def test_part_files_per_shard(out):
+    near = "0123456789ab-100000"  # a prefix of the next one's id
+    far = "0123456789ab-1000000"
+    for shard in (near, far, SHARD):
+        for seq in (0, 1):
+            write_part(out, shard, RUN1, seq, [result(shard, seq, "caption", RUN1)], "c")
+    write_part(out, SHARD, RUN2, 0, [result(SHARD, 5, "caption", RUN2)], "c")
+    for junk in ("_SUCCESS", f".{part_name(SHARD, RUN3, 0)}.tmp", "notes.parquet", "_ledger/x.json", "_state/a.json"):
+        out.write_atomic(junk, b"junk")
+    assert names(out.part_files(near)) == [part_name(near, RUN1, 0), part_name(near, RUN1, 1)]
+    assert names(out.part_files(far)) == [part_name(far, RUN1, 0), part_name(far, RUN1, 1)]
+    assert names(out.part_files(SHARD)) == [part_name(SHARD, r, s) for r, s in [(RUN1, 0), (RUN1, 1), (RUN2, 0)]]
+    assert sorted(names(out.part_files())) == sorted(
+        names(out.part_files(near) + out.part_files(far) + out.part_files(SHARD))
+    )
+    assert out.part_files("0123456789ab-000002") == []
 
 
-def test_trailing_slash_is_the_same_dir(out_url, schema):
-    write_run(OutputDir(out_url), schema, RUN1, [result("a")])
-    assert keys_of(read_all(OutputDir(out_url + "/"))) == [("a", "caption")]
-
-
-# -- PartWriter -------------------------------------------------------------------------------
-
-
-def test_part_writer_commits_bounded_files(out, schema):
-    rows = [result(f"r{i}", status="ok" if i % 3 else "fetch_error") for i in range(7)]
-    w = PartWriter(out, schema, RUN1, rows_per_file=3, flush_interval_s=1e9)
-    add(w, rows[:2])
-    assert out.part_files() == [] and w.written == 0  # below rows_per_file: buffered
-    add(w, rows[2:])
-    assert len(out.part_files()) == 2 and w.written == 6
-    w.flush()
-    assert w.written == 7
-    files = out.part_files()
-    assert [f.rsplit("/", 1)[-1] for f in files] == [f"part-{RUN1}-{i:05d}.parquet" for i in range(3)]
-    tables = [read_file(out, f) for f in files]
-    assert [t.num_rows for t in tables] == [3, 3, 1]
-    for t in tables:
-        assert t.schema.equals(schema, check_metadata=False)
-    assert read_all(out) == [{**r, "run_id": RUN1} for r in rows]
-    assert listing(out) == [f.rsplit("/", 1)[-1] for f in files]  # no .tmp left behind
-
-
-def test_error_rows_with_nulls_round_trip(out, schema):
-    rows = [result("bad", status=s) for s in [s for s in Status if s != Status.OK]]
-    write_run(out, schema, RUN1, rows)
-    back = read_all(out)
-    assert back == [{**r, "run_id": RUN1} for r in rows]
-    assert all(b["response"] is None and b["num_output_tokens"] is None for b in back)
-
-
-def test_part_writer_keeps_null_columns(out, schema):
-    sparse = {"id": "s", "task": "t", "status": "invalid_row", "error": "missing 'image'"}
-    write_run(out, schema, RUN2, [sparse])
-    [back] = read_all(out)
-    assert back["run_id"] == RUN2
-    assert back["error"] == "missing 'image'"
-    assert all(back[c] is None for c in schema.names if c not in sparse and c != "run_id")
-
-
-def test_flush_without_rows_writes_nothing(out, schema):
-    w = PartWriter(out, schema, RUN1, rows_per_file=2, flush_interval_s=1e9)
-    w.flush()
-    add(w, [])
-    w.flush()
-    assert out.part_files() == [] and w.written == 0
-
-
-def test_exact_multiple_leaves_nothing_to_flush(out, schema):
-    w = PartWriter(out, schema, RUN1, rows_per_file=2, flush_interval_s=1e9)
-    add(w, [result(f"r{i}") for i in range(4)])
-    files = out.part_files()
-    w.flush()
-    assert out.part_files() == files and len(files) == 2 and w.written == 4
-
-
-def test_age_based_flush(out, schema, monkeypatch):
-    clock = SimpleNamespace(now=100.0)
-    monkeypatch.setattr(output, "time", SimpleNamespace(monotonic=lambda: clock.now))
-    w = PartWriter(out, schema, RUN1, rows_per_file=100, flush_interval_s=10)
-    add(w, [result("a")])
-    assert out.part_files() == []
-    clock.now += 9.9
-    add(w, [result("b")])
-    assert out.part_files() == []
-    clock.now += 0.1  # 10 s since the writer started
-    add(w, [result("c")])
-    assert len(out.part_files()) == 1 and w.written == 3
-    clock.now += 5  # the age restarts at the commit
-    add(w, [result("d")])
-    assert len(out.part_files()) == 1
-    clock.now += 5
-    add(w, [])
-    assert keys_of(read_all(out)) == [(i, "caption") for i in "abcd"]
-
-
-@pytest.fixture
-def memory_out():
-    url = f"memory://output-direct-{uuid.uuid4().hex}"
-    out = OutputDir(url)
-    yield out
-    out.fs.rm(out.root, recursive=True)
-
-
-def test_object_store_write_is_direct(memory_out, schema, monkeypatch):
-    """On an object store, a part file is written under its final name (no rename)."""
-    out = memory_out
-
-    def no_rename(*a, **k):
-        raise AssertionError("object stores must not rename")
-
-    monkeypatch.setattr(out.fs, "mv", no_rename)
-    write_run(out, schema, RUN1, [result("a"), result("b")])
-    write_run(out, schema, RUN2, [result("a", response="newer")])
-    assert out.reconcile() == 1  # run 1's part is rewritten in place, directly too
-    assert listing(out) == [f"part-{RUN1}-00000.parquet", f"part-{RUN2}-00000.parquet"]
-    assert sorted((r["id"], r["run_id"]) for r in read_all(out)) == [("a", RUN2), ("b", RUN1)]
-
-
-def test_local_write_goes_through_hidden_tmp(tmp_path, schema, monkeypatch):
+def test_local_write_goes_through_a_hidden_tmp(tmp_path, monkeypatch):
     out = OutputDir(str(tmp_path / "out"))
     moves = []
     real_mv = out.fs.mv
     monkeypatch.setattr(out.fs, "mv", lambda a, b, **k: (moves.append((a, b)), real_mv(a, b, **k)))
-    write_run(out, schema, RUN1, [result("a")])
-    final = f"{out.root}/part-{RUN1}-00000.parquet"
-    assert moves == [(f"{out.root}/.part-{RUN1}-00000.parquet.tmp", final)]
-    assert listing(out) == [final.rsplit("/", 1)[-1]]
-
-
-def test_part_files_ignore_other_objects(out, schema):
-    write_run(out, schema, RUN1, [result("a")])
-    for name in ("_SUCCESS", f".part-{RUN2}-00000.parquet.tmp", "notes.parquet"):
-        with out.fs.open(f"{out.root}/{name}", "wb") as f:
-            f.write(b"junk")
-    assert [p.rsplit("/", 1)[-1] for p in out.part_files()] == [f"part-{RUN1}-00000.parquet"]
-    assert out.status_counts() == Counter({"ok": 1})
-
-
-# -- resume index -------------------------------------------------------------------------------
-
-
-def test_done_keys(out, schema):
-    rows = [
-        result("a"),
-        result("a", "labels", "engine_error"),
-        result("b", status="fetch_error"),
-        result("c", status="invalid_row"),
-        result("d"),
+    write_part(out, SHARD, RUN1, 0, [result(SHARD, 0, "caption", RUN1)], "c")
+    out.write_json("_ledger/s.json", {"a": 1})
+    part = part_name(SHARD, RUN1, 0)
+    assert moves == [
+        (out.path(f".{part}.tmp"), out.path(part)),
+        (out.path("_ledger/.s.json.tmp"), out.path("_ledger/s.json")),
     ]
-    write_run(out, schema, RUN1, rows, rows_per_file=2)
-    assert out.done_keys(retry_failed=False) == set(keys_of(rows))
-    assert out.done_keys(retry_failed=True) == {(r["id"], r["task"]) for r in rows if r["status"] == "ok"}
-    assert out.status_counts() == Counter(r["status"] for r in rows)
-    keys = out.read_keys()
-    assert keys["run_id"].to_pylist() == [RUN1] * len(rows)
-    assert sorted(set(keys["file"].to_pylist())) == out.part_files()
+    assert listing(out) == ["_ledger/s.json", part]
 
 
-# -- reconcile ------------------------------------------------------------------------------------
+def test_object_store_writes_directly(monkeypatch):
+    out = OutputDir(f"memory://output-direct-{uuid.uuid4().hex}")
+
+    def no_rename(*a, **k):
+        raise AssertionError("an object store publishes on upload: no rename")
+
+    monkeypatch.setattr(out.fs, "mv", no_rename)
+    write_part(out, SHARD, RUN1, 0, [result(SHARD, r, "caption", RUN1) for r in (0, 1)], "c")
+    write_part(out, SHARD, RUN2, 0, [result(SHARD, 0, "caption", RUN2)], "c")
+    out.write_json("_ledger/s.json", {"a": 1})
+    assert out.reconcile_shard(SHARD)[0] == 1  # run 1's part is rewritten in place, directly too
+    assert listing(out) == ["_ledger/s.json", part_name(SHARD, RUN1, 0), part_name(SHARD, RUN2, 0)]
+    out.fs.rm(out.root, recursive=True)
 
 
-@pytest.fixture
-def retried(out, schema):
-    """Run 1 left failures; run 2 (a retry) redid them: b now ok, c failed again differently."""
-    run1 = [
-        result("a"),
-        result("b", status="fetch_error"),
-        result("c", status="engine_error"),
-        result("d"),
-        result("e", status="decode_error"),
+def test_error_rows_with_nulls_round_trip(out):
+    passthrough = ("source",)
+    rows = [result(SHARD, i, "caption", RUN1, s, passthrough) for i, s in enumerate(FAILURES)]
+    rows += [result(SHARD, 99, "qa", RUN1, Status.OK, passthrough, source=None)]
+    path = out.write_atomic(part_name(SHARD, RUN1, 0), table(rows, passthrough), metadata={CHECKSUM_KEY: b"abc"})
+    back = read_file(out, path)
+    assert back.to_pylist() == rows
+    assert back.schema.equals(output_schema(passthrough), check_metadata=False)
+    assert back.schema.metadata[CHECKSUM_KEY] == b"abc"
+    assert all(r["response"] is None and r["num_output_tokens"] is None for r in back.to_pylist()[:-1])
+
+
+def test_json_files(out):
+    assert out.read_json("_state/none.json") is None
+    out.write_json("_state/a.json", {"b": [1, 2]})
+    out.write_json("_state/a.json", {"b": [3]})  # replaced whole
+    assert out.read_json("_state/a.json") == {"b": [3]}
+    assert out.read_jsons([]) == {}
+    assert out.read_jsons(["_state/a.json", "_state/none.json"]) == {
+        "_state/a.json": {"b": [3]},
+        "_state/none.json": None,
+    }
+
+
+def shard(sid: str, rows: int = 4) -> Shard:
+    index = int(sid.rsplit("-", 1)[1])
+    return Shard(sid, "/m/a.jsonl", index, index * 4, rows, 1 + index * 4, f"sum{index}", 0, 99)
+
+
+def test_ledger(out):
+    assert out.ledger_ids() == [] and out.read_ledger([SHARD]) == {}
+    counts = {"caption": {"ok": 3, "fetch_error": 1}}
+    out.write_ledger(shard(OTHER), ["caption"], {}, RUN1)
+    out.write_ledger(shard(SHARD, rows=3), ["caption", "qa"], counts, RUN2)
+    assert out.ledger_ids() == [SHARD, OTHER]
+    assert out.read_ledger([SHARD, "0123456789ab-000009"]) == {
+        SHARD: {"shard": SHARD, "path": "/m/a.jsonl", "index": 0, "row_start": 0, "rows": 3, "checksum": "sum0",
+                "tasks": ["caption", "qa"], "counts": counts, "run_id": RUN2}
+    }  # fmt: skip
+    out.remove_ledger(SHARD)
+    out.remove_ledger(SHARD)  # already gone: fine
+    assert out.ledger_ids() == [OTHER]
+    assert out.part_files() == []  # the ledger is no part
+
+
+def test_shard_keys_and_checksums(out):
+    empty = out.shard_keys(SHARD)
+    assert empty.num_rows == 0 and empty.column_names == ["row", "task", "status", "run_id", "file", "pos"]
+    assert out.part_checksums(SHARD) == set()
+    a = write_part(out, SHARD, RUN1, 0, [result(SHARD, r, "caption", RUN1) for r in (0, 1, 2)], "c-old")
+    b = write_part(out, SHARD, RUN2, 0, [result(SHARD, 1, t, RUN2, Status.FETCH_ERROR) for t in ("qa", "x")], "c-new")
+    write_part(out, OTHER, RUN1, 0, [result(OTHER, 9, "caption", RUN1)], "c-other")
+    keys = out.shard_keys(SHARD).to_pylist()
+    assert keys == [
+        {"row": 0, "task": "caption", "status": "ok", "run_id": RUN1, "file": a, "pos": 0},
+        {"row": 1, "task": "caption", "status": "ok", "run_id": RUN1, "file": a, "pos": 1},
+        {"row": 2, "task": "caption", "status": "ok", "run_id": RUN1, "file": a, "pos": 2},
+        {"row": 1, "task": "qa", "status": "fetch_error", "run_id": RUN2, "file": b, "pos": 0},
+        {"row": 1, "task": "x", "status": "fetch_error", "run_id": RUN2, "file": b, "pos": 1},
     ]
-    run2 = [result("b", response="retried b"), result("c", status="decode_error"), result("e", status="too_large")]
-    write_run(out, schema, RUN1, run1, rows_per_file=3)  # files: [a b c] [d e]
-    write_run(out, schema, RUN2, run2)
-    return run1, run2
+    assert out.part_checksums(SHARD) == {"c-old", "c-new"}
+    assert out.part_checksums(OTHER) == {"c-other"}
 
 
-def test_reconcile_keeps_one_row_per_key(out, retried):
-    run1, run2 = retried
-    before = {p: read_file(out, p) for p in out.part_files()}
-    assert out.reconcile() == 3
-    rows = read_all(out)
-    assert sorted(keys_of(rows)) == sorted(set(keys_of(run1 + run2)))
-    by_id = {r["id"]: r for r in rows}
-    assert by_id["a"] == {**run1[0], "run_id": RUN1}  # untouched
-    assert by_id["b"] == {**run2[0], "run_id": RUN2}  # ok beats failed
-    assert by_id["c"]["status"] == "decode_error" and by_id["c"]["run_id"] == RUN2  # newest failure wins
-    assert by_id["e"]["status"] == "too_large" and by_id["e"]["run_id"] == RUN2
-    assert by_id["d"] == {**run1[3], "run_id": RUN1}
-    # rewritten files keep their schema; run 2's file was not touched
-    for p in out.part_files():
+def test_status_counts(out):
+    rows = [result(SHARD, i, t, RUN1, s) for i, s in enumerate(Status) for t in ("caption", "qa")[: 1 + i % 2]]
+    write_part(out, SHARD, RUN1, 0, rows, "c")
+    expected: dict[str, Counter] = {}
+    for r in rows:
+        expected.setdefault(r["task"], Counter())[r["status"]] += 1
+    assert status_counts(out.shard_keys(SHARD)) == {t: dict(c) for t, c in expected.items()}
+    assert status_counts(out.shard_keys(OTHER)) == {}
+
+
+# -- reconcile --------------------------------------------------------------------------------
+
+
+def winners(parts: list[tuple[str, int, list[dict]]]) -> set[tuple]:
+    """The reference: per (row, task) an ok row beats a failure, then the newer run, then the
+    later file of a run, then the later row of a file."""
+    best: dict[tuple, tuple] = {}
+    for run_id, seq, rows in parts:
+        for pos, r in enumerate(rows):
+            rank = (r["status"] == Status.OK, run_id, seq, pos)
+            if (r["row"], r["task"]) not in best or rank > best[(r["row"], r["task"])][0]:
+                best[(r["row"], r["task"])] = (rank, (r["row"], r["task"], r["status"], r["run_id"], r["error"]))
+    return {v for _, v in best.values()}
+
+
+def test_reconcile_rules(out):
+    parts = [
+        (RUN1, 0, [result(SHARD, 0, "caption", RUN1), result(SHARD, 1, "caption", RUN1, Status.FETCH_ERROR),
+                   result(SHARD, 2, "caption", RUN1, Status.ENGINE_ERROR), result(SHARD, 3, "caption", RUN1)]),
+        (RUN1, 1, [result(SHARD, 4, "caption", RUN1, Status.DECODE_ERROR), result(SHARD, 0, "qa", RUN1)]),
+        (RUN2, 0, [result(SHARD, 1, "caption", RUN2), result(SHARD, 2, "caption", RUN2, Status.DECODE_ERROR),
+                   result(SHARD, 3, "caption", RUN2, Status.ENGINE_ERROR), result(SHARD, 0, "qa", RUN2)]),
+        (RUN3, 0, [result(SHARD, 4, "caption", RUN3, Status.TOO_LARGE)]),
+    ]  # fmt: skip
+    paths = [write_part(out, SHARD, run, seq, rows, "c") for run, seq, rows in parts]
+    other = write_part(out, OTHER, RUN1, 0, [result(OTHER, 0, "caption", RUN1, Status.FETCH_ERROR)], "o")
+    write_part(out, OTHER, RUN2, 0, [result(OTHER, 0, "caption", RUN2)], "o")
+    before = {p: read_file(out, p) for p in paths + [other]}
+
+    dropped, keys = out.reconcile_shard(SHARD)
+
+    assert dropped == 5
+    kept = {(r["row"], r["task"], r["status"], r["run_id"], r["error"]) for r in read_parts(out, SHARD)}
+    assert kept == winners(parts)
+    by_key = {(r[0], r[1]): r for r in kept}
+    assert by_key[(0, "caption")][3] == RUN1  # untouched
+    assert by_key[(1, "caption")][2:4] == ("ok", RUN2)  # a retry's ok replaces the failure
+    assert by_key[(3, "caption")][2:4] == ("ok", RUN1)  # ok beats a newer failure
+    assert by_key[(2, "caption")][2:4] == ("decode_error", RUN2)  # the newest failure wins
+    assert by_key[(4, "caption")][2:4] == ("too_large", RUN3)
+    assert by_key[(0, "qa")][3] == RUN2  # per task: the newest ok
+    # Run 1's second file lost both rows: deleted, not left empty; the others keep their checksum.
+    assert names(out.part_files(SHARD)) == [part_name(SHARD, r, 0) for r in (RUN1, RUN2, RUN3)]
+    assert out.part_checksums(SHARD) == {"c"}
+    for p in out.part_files(SHARD):
         assert read_file(out, p).schema.equals(before[p].schema, check_metadata=False)
-    run2_file = f"{out.root}/part-{RUN2}-00000.parquet"
-    assert read_file(out, run2_file).equals(before[run2_file])
+    # Another shard's duplicate is not this call's business.
+    assert read_file(out, other).equals(before[other]) and len(out.part_files(OTHER)) == 2
     assert not any(n.endswith(".tmp") for n in listing(out))
-    assert out.status_counts() == Counter({"ok": 3, "decode_error": 1, "too_large": 1})
-    assert out.reconcile() == 0  # idempotent
-    assert read_all(out) == rows
+    # The keys returned are what remains.
+    assert key_rows(keys.to_pylist()) == key_rows(out.shard_keys(SHARD).to_pylist())
+    assert out.reconcile_shard(SHARD)[0] == 0  # idempotent
+    assert {(r["row"], r["task"], r["status"], r["run_id"], r["error"]) for r in read_parts(out, SHARD)} == kept
 
 
-def test_reconcile_ok_beats_newer_failure(out, schema):
-    write_run(out, schema, RUN1, [result("x"), result("y")])
-    write_run(out, schema, RUN2, [result("x", status="engine_error")])
-    assert out.reconcile() == 1
-    assert [(r["id"], r["status"], r["run_id"]) for r in read_all(out)] == [("x", "ok", RUN1), ("y", "ok", RUN1)]
-    # run 2's only file held only the superseded row: deleted, not left empty
-    assert [p.rsplit("/", 1)[-1] for p in out.part_files()] == [f"part-{RUN1}-00000.parquet"]
+def test_reconcile_untouched_files_are_not_rewritten(out, monkeypatch):
+    write_part(out, SHARD, RUN1, 0, [result(SHARD, 0, "caption", RUN1)], "c")
+    write_part(out, SHARD, RUN1, 1, [result(SHARD, 1, "caption", RUN1, Status.FETCH_ERROR)], "c")
+    write_part(out, SHARD, RUN2, 0, [result(SHARD, 1, "caption", RUN2)], "c")
+    writes = []
+    real = out.write_atomic
+    monkeypatch.setattr(out, "write_atomic", lambda name, *a, **k: (writes.append(name), real(name, *a, **k))[1])
+    assert out.reconcile_shard(SHARD)[0] == 1
+    assert writes == []  # the loser's file held only the loser: deleted
+    assert names(out.part_files(SHARD)) == [part_name(SHARD, RUN1, 0), part_name(SHARD, RUN2, 0)]
 
 
-def test_reconcile_newest_ok_wins(out, schema):
-    write_run(out, schema, RUN1, [result("x", response="old")])
-    write_run(out, schema, RUN2, [result("x", response="new")])
-    assert out.reconcile() == 1
-    assert [(r["response"], r["run_id"]) for r in read_all(out)] == [("new", RUN2)]
-
-
-def test_reconcile_is_per_task(out, schema):
-    write_run(out, schema, RUN1, [result("x", "caption"), result("x", "labels", "engine_error")])
-    write_run(out, schema, RUN2, [result("x", "labels")])
-    assert out.reconcile() == 1
-    assert sorted((r["task"], r["status"], r["run_id"]) for r in read_all(out)) == [
-        ("caption", "ok", RUN1),
-        ("labels", "ok", RUN2),
+def test_reconcile_duplicate_key_within_one_file(out):
+    rows = [
+        result(SHARD, 0, "caption", RUN1, Status.ENGINE_ERROR, error="first"),
+        result(SHARD, 1, "caption", RUN1),
+        result(SHARD, 0, "caption", RUN1, Status.ENGINE_ERROR, error="second"),
     ]
-
-
-def test_reconcile_deletes_emptied_files_and_rewrites_others(out, schema):
-    write_run(out, schema, RUN1, [result(i, status="fetch_error") for i in "abcd"], rows_per_file=2)  # [a b] [c d]
-    write_run(out, schema, RUN2, [result(i) for i in "abc"])
-    assert out.reconcile() == 3
-    names = [p.rsplit("/", 1)[-1] for p in out.part_files()]
-    assert names == [f"part-{RUN1}-00001.parquet", f"part-{RUN2}-00000.parquet"]
-    assert keys_of(read_file(out, out.part_files()[0]).to_pylist()) == [("d", "caption")]
-    assert sorted((r["id"], r["status"]) for r in read_all(out)) == [
-        ("a", "ok"),
-        ("b", "ok"),
-        ("c", "ok"),
-        ("d", "fetch_error"),
-    ]
-
-
-def test_reconcile_duplicate_key_within_one_file(out, schema):
-    write_run(out, schema, RUN1, [result("x", status="invalid_row"), result("y"), result("x", status="invalid_row")])
-    dropped = out.reconcile()
-    assert sorted(keys_of(read_all(out))) == [("x", "caption"), ("y", "caption")]
+    write_part(out, SHARD, RUN1, 0, rows, "c")
+    dropped, keys = out.reconcile_shard(SHARD)
     assert dropped == 1
+    assert sorted((r["row"], r["error"]) for r in read_parts(out, SHARD)) == [(0, "second"), (1, None)]
+    assert keys.num_rows == 2
 
 
-# -- the _SUCCESS marker ----------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+def test_reconcile_matches_the_reference(out, seed):
+    rnd = random.Random(seed)
+    parts = []
+    for run in (RUN1, RUN2, RUN3):
+        for seq in range(rnd.randint(1, 3)):
+            rows = [
+                result(SHARD, rnd.randrange(6), rnd.choice(["caption", "qa"]), run,
+                       rnd.choice([Status.OK, Status.OK, Status.FETCH_ERROR, Status.ENGINE_ERROR]), error=f"{run}/{seq}/{i}")
+                for i in range(rnd.randint(1, 6))
+            ]  # fmt: skip
+            for r in rows:
+                r["error"] = None if r["status"] == Status.OK else r["error"]
+            parts.append((run, seq, rows))
+            write_part(out, SHARD, run, seq, rows, "c")
+    total = sum(len(rows) for _, _, rows in parts)
+    expected = winners(parts)
+    dropped, keys = out.reconcile_shard(SHARD)
+    after = read_parts(out, SHARD)
+    assert {(r["row"], r["task"], r["status"], r["run_id"], r["error"]) for r in after} == expected
+    assert len(after) == len(expected) == total - dropped == keys.num_rows
 
 
-def test_success_marker(out, schema):
+# -- the marker -------------------------------------------------------------------------------
+
+
+def test_success_marker(out):
     out.clear_success()  # absent: no error
-    write_run(out, schema, RUN1, [result("a"), result("b", status="fetch_error")])
-    summary = {"finished": True, "run_id": RUN1, "status_counts": dict(out.status_counts())}
-    out.write_success(summary)
-    marker = f"{out.root}/_SUCCESS"
-    with out.fs.open(marker, "r") as f:
-        assert json.load(f) == {"finished": True, "run_id": RUN1, "status_counts": {"ok": 1, "fetch_error": 1}}
-    assert len(out.part_files()) == 1  # the marker is not a part file
+    write_part(out, SHARD, RUN1, 0, [result(SHARD, 0, "caption", RUN1)], "c")
+    out.write_success({"finished": True, "run_id": RUN1})
+    assert json.loads(out.fs.cat_file(out.path("_SUCCESS"))) == {"finished": True, "run_id": RUN1}
+    assert len(out.part_files()) == 1  # the marker is no part
     out.clear_success()
-    assert not out.fs.exists(marker)
-    assert len(out.part_files()) == 1  # clearing the marker leaves the results
+    assert not out.fs.exists(out.path("_SUCCESS")) and len(out.part_files()) == 1
+
+
+def test_results_read_back_as_one_dataset(tmp_path):
+    """Readers skip `_` and `.` names: reading the output dir yields exactly the results."""
+    out = OutputDir(str(tmp_path / "out"))
+    write_part(out, SHARD, RUN1, 0, [result(SHARD, 0, "caption", RUN1)], "c")
+    write_part(out, OTHER, RUN1, 0, [result(OTHER, 4, "qa", RUN1, Status.FETCH_ERROR)], "c")
+    out.write_ledger(shard(SHARD), ["caption"], {}, RUN1)
+    out.write_json("_state/job.json", {})
+    out.write_success({"finished": True})
+    (tmp_path / "out" / ".part-x.parquet.tmp").write_bytes(b"partial")
+    got = pq.read_table(str(tmp_path / "out"))
+    assert sorted(zip(got["shard"].to_pylist(), got["row"].to_pylist())) == [(SHARD, 0), (OTHER, 4)]

@@ -1,5 +1,8 @@
-"""The whole job, for real: S3 API server on 127.0.0.1 (SeaweedFS), a local Ray cluster, the
-real vLLM engine (CPU build) on the tiny checkpoint, parquet read back with pyarrow."""
+"""The whole job, for real: a local Ray cluster, real readers, the real sink and ledger,
+parquet read back with pyarrow. The first test also runs the real vLLM engine (CPU build)
+on the tiny checkpoint against an S3 API server on 127.0.0.1 (SeaweedFS); the data-plane
+tests swap only the media and engine stages for stand-ins (tests/support/stages.py), so
+they push hundreds of rows through small shards in seconds."""
 
 import io
 import json
@@ -17,9 +20,13 @@ import yaml
 
 from internvl_batch.config import JobConfig
 from internvl_batch.devtools.sample_media import sample_image, write_sample_video
+from internvl_batch.job.output import shard_of_part
+from internvl_batch.job.plan import PlanError
 from internvl_batch.job.runner import run_job
+from tests.support import stages as stand_in
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _png(seed, size):
@@ -46,7 +53,8 @@ def _job(model_dir, manifest, out_path, *, storage=None, **sections):
             {"name": "qa", "use_row_question": True, "sampling": {"max_tokens": 8}},
         ],
         "runtime": {"use_gpu": False, "cpu_workers": 2, "cpus_per_worker": 0.5, "engine_cpus": 1,
-                    "preprocess_batch_size": 2, "engine_batch_size": 8, "progress_interval_s": 2},
+                    "preprocess_batch_size": 2, "engine_batch_size": 8, "progress_interval_s": 2, "readers": 1,
+                    "stall_timeout_s": 300},
         "output": {"path": out_path, "storage_options": storage or {}, "rows_per_file": 4, "flush_interval_s": 1},
     }  # fmt: skip
     for k, v in sections.items():
@@ -56,11 +64,34 @@ def _job(model_dir, manifest, out_path, *, storage=None, **sections):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
+    import cloudpickle
     import ray
 
+    cloudpickle.register_pickle_by_value(stand_in)  # the stand-in stages travel to Ray's workers
     ray.init(num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+def _output(out) -> list[dict]:
+    fs, root = _fs(out)
+    parts = fs.glob(f"{root}/part-*.parquet")
+    return pq.read_table(parts, filesystem=fs).to_pylist() if parts else []
+
+
+def _fs(out):
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(out)) if not isinstance(out, tuple) else out
+
+
+def _assert_exactly_once(rows, expected_keys):
+    keys = Counter((r["id"], r["task"]) for r in rows)
+    assert all(n == 1 for n in keys.values()), [k for k, n in keys.items() if n > 1][:5]
+    assert set(keys) == set(expected_keys), (set(expected_keys) - set(keys), set(keys) - set(expected_keys))
+
+
+# -- the real engine, S3 in and out ------------------------------------------------------------
 
 
 def test_s3_manifest_to_s3_parquet_exactly_once(s3, tiny_model_dir, tmp_path, ray_cluster):
@@ -80,23 +111,23 @@ def test_s3_manifest_to_s3_parquet_exactly_once(s3, tiny_model_dir, tmp_path, ra
         {"id": "vid", "video": video, "start": 0.5, "end": 2.5, "question": "What moves?"},
         {"id": "missing", "image": "s3://pipeline-e2e/media/nope.png"},
         {"id": "corrupt", "image": corrupt},
-        {"id": "a", "image": b},  # duplicate id
+        {"id": "a", "image": b},  # duplicate id, in another file and shard
         {"image": a},  # no id
     ]
     put("manifests/part-0.jsonl", "".join(json.dumps(r) + "\n" for r in rows[:5]).encode())
     put("manifests/part-1.jsonl", ("".join(json.dumps(r) + "\n" for r in rows[5:]) + "{broken\n").encode())
 
-    cfg = JobConfig.model_validate(
-        _job(tiny_model_dir, "s3://pipeline-e2e/manifests/*.jsonl", "s3://pipeline-e2e/out", storage=storage)
-    )
+    job = _job(tiny_model_dir, "s3://pipeline-e2e/manifests/*.jsonl", "s3://pipeline-e2e/out", storage=storage,
+               input={"shard_rows": 3})  # fmt: skip
+    cfg = JobConfig.model_validate(job)
     summary = run_job(cfg)
-    assert summary.finished
+    assert summary.finished and summary.duplicate_ids == 1
+    assert summary.plan["shards"]["total"] == 4  # 5 rows -> 3 + 2, 5 rows -> 3 + 2
 
     fs = s3fs.S3FileSystem(**storage)
     assert fs.exists("pipeline-e2e/out/_SUCCESS")
     parts = fs.glob("pipeline-e2e/out/part-*.parquet")
-    table = pq.read_table(parts, filesystem=fs)
-    got = table.to_pylist()
+    got = pq.read_table(parts, filesystem=fs).to_pylist()
     keys = Counter((r["id"], r["task"]) for r in got)
     assert all(n == 1 for n in keys.values()), keys
     assert len(got) == 10 * 2  # 9 rows + the broken line, 2 tasks each
@@ -109,14 +140,17 @@ def test_s3_manifest_to_s3_parquet_exactly_once(s3, tiny_model_dir, tmp_path, ra
     assert status[("corrupt", "caption")] == "decode_error"
     invalid = [r for r in got if r["status"] == "invalid_row" and r["task"] == "caption"]
     assert len(invalid) == 3  # duplicate id, missing id, broken JSON
+    assert any(r["id"].startswith("a#dup@") for r in invalid)
     by = {(r["id"], r["task"]): r for r in got}
     assert by[("pair", "caption")]["num_tiles"] > by[("a", "caption")]["num_tiles"] / 2
     assert by[("vid", "caption")]["num_tiles"] == 4 and by[("vid", "caption")]["media"] == "video"
     assert by[("a", "caption")]["tag"] == "x" and by[("b", "caption")]["tag"] == "7"
     assert all(r["error"] for r in got if r["status"] != "ok")
     assert all(r["response"] is not None and r["num_output_tokens"] for r in got if r["status"] == "ok")
+    assert {r["shard"] for r in got} == {shard_of_part(p) for p in parts}  # parts are per shard
     success = json.loads(fs.cat("pipeline-e2e/out/_SUCCESS"))
     assert sum(success["status_counts"].values()) == 20
+    assert len(fs.glob("pipeline-e2e/out/_ledger/*.json")) == 4
 
     # a second run has nothing to do and writes nothing
     again = run_job(cfg)
@@ -124,69 +158,150 @@ def test_s3_manifest_to_s3_parquet_exactly_once(s3, tiny_model_dir, tmp_path, ra
     assert sorted(fs.glob("pipeline-e2e/out/part-*.parquet")) == sorted(parts)
 
 
-def _part_files(out: Path) -> list[Path]:
-    return sorted(out.glob("part-*.parquet"))
+# -- the data plane, stand-in stages -----------------------------------------------------------
 
 
-def test_killed_job_resumes_exactly_once_and_retry_failed_redoes_failures(tiny_model_dir, tmp_path, ray_cluster):
-    media = tmp_path / "media"
-    media.mkdir()
-    rows = []
-    for i in range(12):
-        path = media / f"img{i}.png"
-        sample_image(seed=i, size=(320 + 16 * i, 240)).save(path)
-        rows.append({"id": f"r{i}", "image": str(path), "question": "Why?"})
-    late = media / "late.png"  # missing at first: a fetch_error that retry_failed later fixes
-    rows.append({"id": "late", "image": str(late), "question": "Why?"})
-    manifest = tmp_path / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def _rows(n, **extra):
+    return [{"id": f"r{i:04d}", "image": f"/media/{i}.jpg", "tag": str(i), **extra} for i in range(n)]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _plane_job(tmp_path, manifest, **sections):
+    job = _job("unused-model", str(manifest), str(tmp_path / "out"), **sections)
+    job["input"] = {"path": str(manifest), "passthrough": ["tag"], "shard_rows": 10, **sections.get("input", {})}
+    job["task"] = [{"name": "caption", "preset": "short_caption"}, {"name": "qa", "use_row_question": True}]
+    job["runtime"].update({"preprocess_batch_size": 4, "engine_batch_size": 8, **sections.get("runtime", {})})
+    return job
+
+
+def _keys(rows, tasks=("caption", "qa")):
+    return {(r["id"], t) for r in rows for t in tasks}
+
+
+def test_shards_duplicates_and_resume_without_rework(tmp_path, ray_cluster):
+    rows = _rows(45, question="Why?")
+    rows[30]["id"] = rows[3]["id"]  # a repeated id, in another shard
+    manifest = _write_jsonl(tmp_path / "m.jsonl", rows[:25])
+    _write_jsonl(tmp_path / "n.jsonl", rows[25:])
+    job = _plane_job(tmp_path, tmp_path / "*.jsonl")
+    summary = run_job(JobConfig.model_validate(job), stages=stand_in.STAGES)
+    assert summary.finished and summary.duplicate_ids == 1
+    assert summary.plan["shards"] == {"total": 5, "done": 0, "todo": 5, "resume": 0, "redo": 0}  # 10+10+5, 10+10
+    got = _output(tmp_path / "out")
+    dup = [r for r in got if r["id"].startswith("r0003#dup@")]
+    assert {r["status"] for r in dup} == {"invalid_row"} and "only its first row" in dup[0]["error"]
+    assert dup[0]["id"].endswith("n.jsonl#6")  # the 6th line of the second file
+    expected = _keys(rows[:30] + rows[31:]) | {(dup[0]["id"], t) for t in ("caption", "qa")}
+    _assert_exactly_once(got, expected)
+
+    # Appended rows: new shards only; earlier parts are not rewritten.
+    before = {p: p.read_bytes() for p in (tmp_path / "out").glob("part-*.parquet")}
+    more = _rows(52, question="Why?")[45:]
+    with manifest.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in more))
+    again = run_job(JobConfig.model_validate(job), stages=stand_in.STAGES)
+    assert again.finished and again.written_this_run == 14
+    assert again.plan["shards"]["resume"] == 1  # m.jsonl's last shard had 5 rows, now 10 ...
+    assert again.plan["shards"]["todo"] == 1  # ... and 2 rows start a new one
+    assert all(p.read_bytes() == data for p, data in before.items())
+    _assert_exactly_once(_output(tmp_path / "out"), expected | _keys(more))
+
+
+def test_changed_rows_are_refused_then_redone(tmp_path, ray_cluster):
+    rows = _rows(30)
+    manifest = _write_jsonl(tmp_path / "m.jsonl", rows)
+    job = _plane_job(tmp_path, manifest)
+    assert run_job(JobConfig.model_validate(job), stages=stand_in.STAGES).finished
+    rows[14]["image"] = "/media/other.jpg"  # shard 1 now holds other rows
+    _write_jsonl(manifest, rows)
+    with pytest.raises(PlanError, match=r"shard .*-000001 .*rows 10-19.*input.on_change=redo"):
+        run_job(JobConfig.model_validate(job), stages=stand_in.STAGES)
+    job["input"]["on_change"] = "redo"
+    redone = run_job(JobConfig.model_validate(job), stages=stand_in.STAGES)
+    assert redone.finished and redone.plan["shards"]["redo"] == 1 and redone.written_this_run == 20
+    _assert_exactly_once(_output(tmp_path / "out"), _keys(rows))
+
+
+def test_retry_failed_redoes_only_failed_rows_per_shard(tmp_path, ray_cluster):
+    heal = tmp_path / "healed"
+    rows = _rows(30, question="Why?")
+    for i in (2, 3, 25):
+        rows[i]["question"] = f"fail-unless:{heal}"
+    manifest = _write_jsonl(tmp_path / "m.jsonl", rows)
+    job = _plane_job(tmp_path, manifest)
+    first = run_job(JobConfig.model_validate(job), stages=stand_in.STAGES)
+    assert first.finished and first.status_counts == {"ok": 54, "engine_error": 6}
+    heal.touch()
+    job["runtime"]["retry_failed"] = True
+    retried = run_job(JobConfig.model_validate(job), stages=stand_in.STAGES)
+    assert retried.finished and retried.todo_rows == 6 and retried.written_this_run == 6
+    assert retried.plan["shards"] == {"total": 3, "done": 1, "todo": 0, "resume": 2, "redo": 0}
+    got = _output(tmp_path / "out")
+    _assert_exactly_once(got, _keys(rows))
+    assert {r["status"] for r in got} == {"ok"}
+    assert retried.status_counts == {"ok": 60}
+
+
+def _run_killable(cfg_path, env):
+    cmd = [sys.executable, "-m", "tests.support.stages", str(cfg_path)]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["mid_shard", "shard_boundary"])
+def test_killed_job_resumes_exactly_once(tmp_path, ray_cluster, where):
+    rows = _rows(120, question="Why?")
+    manifest = _write_jsonl(tmp_path / "m.jsonl", rows)
     out = tmp_path / "out"
+    # Shards of 80 (row, task) pairs arrive over several result batches of ~32: a kill can
+    # land between two parts of one shard, or right after a shard's ledger entry.
+    job = _plane_job(tmp_path, manifest, output={"rows_per_file": 6, "flush_interval_s": 0.2},
+                     runtime={"engine_batch_size": 3, "preprocess_batch_size": 1, "engine_batches_in_flight": 1})  # fmt: skip
+    job["input"]["shard_rows"] = 40
+    job["runtime"]["block_kib"] = 4  # blocks of ~16 rows: a shard's results arrive over several batches
     cfg_path = tmp_path / "job.yaml"
-    job = _job(tiny_model_dir, str(manifest), str(out),
-               runtime={"engine_batch_size": 2, "preprocess_batch_size": 1},
-               output={"rows_per_file": 2, "flush_interval_s": 0.5})  # fmt: skip
     cfg_path.write_text(yaml.safe_dump(job))
-
-    cmd = [sys.executable, "-m", "internvl_batch.cli", "run", str(cfg_path)]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _run_killable(cfg_path, {**os.environ, "INTERNVL_TEST_DELAY_S": "1.0"})
+    ledger = out / "_ledger"
     try:
-        deadline = time.monotonic() + 400
-        while len(_part_files(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            entries = list(ledger.glob("*.json")) if ledger.exists() else []
+            parts = list(out.glob("part-*.parquet"))
+            if where == "shard_boundary" and entries:
+                break  # right after the first shard's ledger entry
+            if where == "mid_shard" and len(parts) >= 2 and not entries:
+                break  # parts of a shard that is not complete yet
+            time.sleep(0.02)
         assert proc.poll() is None, "the job ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     finally:
         proc.wait(timeout=60)
-    killed = {p.name: p.read_bytes() for p in _part_files(out)}
-    assert 2 <= sum(pq.read_metadata(out / n).num_rows for n in killed) < 26
     assert not (out / "_SUCCESS").exists()
     assert not list(out.glob(".*.tmp"))  # nothing half-written is visible
+    killed = {p.name: p.read_bytes() for p in out.glob("part-*.parquet")}
+    done_before = {p.stem for p in ledger.glob("*.json")} if ledger.exists() else set()
+    partial = {shard_of_part(n) for n in killed} - done_before
+    assert done_before if where == "shard_boundary" else partial
 
-    # resume, then retry_failed, in this process on the module's Ray cluster
-    resumed = run_job(JobConfig.model_validate(job))
+    resumed = run_job(JobConfig.model_validate(job), stages=stand_in.STAGES)
     assert resumed.finished
-    assert resumed.written_this_run == 26 - sum(pq.read_metadata(out / n).num_rows for n in killed)
+    assert resumed.plan["shards"]["done"] >= len(done_before)
+    assert resumed.written_this_run == 240 - sum(pq.read_metadata(out / n).num_rows for n in killed)
     assert all((out / n).read_bytes() == data for n, data in killed.items())  # earlier parts untouched
-    table = pq.read_table(out)
-    keys = Counter(zip(table["id"].to_pylist(), table["task"].to_pylist()))
-    assert len(keys) == 26 and set(keys.values()) == {1}
-    status = dict(zip(zip(table["id"].to_pylist(), table["task"].to_pylist()), table["status"].to_pylist()))
-    assert status[("late", "caption")] == "fetch_error"
-
-    sample_image(seed=99, size=(300, 300)).save(late)
-    retried = run_job(JobConfig.model_validate({**job, "runtime": {**job["runtime"], "retry_failed": True}}))
-    assert retried.finished and retried.todo_rows == 2
-    table = pq.read_table(out)
-    keys = Counter(zip(table["id"].to_pylist(), table["task"].to_pylist()))
-    assert len(keys) == 26 and set(keys.values()) == {1}
-    assert set(table["status"].to_pylist()) == {"ok"}
-    assert json.loads((out / "_SUCCESS").read_text())["status_counts"] == {"ok": 26}
+    _assert_exactly_once(_output(out), _keys(rows))
+    assert json.loads((out / "_SUCCESS").read_text())["status_counts"] == {"ok": 240}
 
 
-def test_dry_run_plans_without_running(tiny_model_dir, tmp_path, capsys):
+def test_dry_run_plans_without_running(tmp_path, ray_cluster, capsys):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "x", "image": "/nowhere.png"}) + "\n{bad\n")
-    cfg = JobConfig.model_validate(_job(tiny_model_dir, str(manifest), str(tmp_path / "out")))
+    cfg = JobConfig.model_validate(_job("unused-model", str(manifest), str(tmp_path / "out")))
     summary = run_job(cfg, dry_run=True)
-    assert summary.finished and summary.todo_rows == 4 and summary.manifest_rows == 2
-    assert not list((tmp_path / "out").glob("part-*"))
+    assert summary.finished and summary.todo_rows == 4 and summary.plan["manifest_rows"] == 2
+    assert json.loads(capsys.readouterr().out)["shards"]["todo"] == 1
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # nothing written

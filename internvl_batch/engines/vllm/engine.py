@@ -1,15 +1,24 @@
-"""The production engine: one vLLM replica, fed pre-tiled uint8 tiles.
+"""The production engine: one vLLM replica (its async engine), fed pre-tiled uint8 tiles.
 
-The engine's front-end process does no decoding and no tiling (see vllm_model.py); it
-tokenizes, counts, and hands tensors to vLLM's scheduler. Per-row problems become
-results; a dead engine or out-of-memory raises `EngineFatalError` at once.
+Each request goes to vLLM as soon as it is handed over and its result comes back as soon
+as it finishes, so the scheduler's queue holds everything the caller has in flight: a
+batch's slowest row never idles the GPU. vLLM's `AsyncLLM` runs on an event loop of its
+own (a thread), so callers on any loop (Ray Data's) or none (tests) share one engine.
+
+The engine's front-end does no decoding and no tiling (see pretiled.py); it tokenizes,
+counts, and hands tensors to vLLM's scheduler. Per-row problems become results; a dead
+engine or out-of-memory raises `EngineFatalError` at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import threading
+import uuid
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
 
 from internvl_batch.engines.base import (
     EngineFatalError,
@@ -17,10 +26,14 @@ from internvl_batch.engines.base import (
     EngineResult,
     check_request,
     context_overflow,
-    stop_token_ids,
+    request_stop_token_ids,
 )
 from internvl_batch.engines.model_path import resolve_model_path
+from internvl_batch.engines.vllm.occupancy import Occupancy, logger_class
 from internvl_batch.engines.vllm.plugin import PRETILED_ARCHITECTURE
+from internvl_batch.model.answers import answer_text
+from internvl_batch.model.check import inspect_model
+from internvl_batch.model.prompts import IMAGE_PLACEHOLDER
 from internvl_batch.status import Status
 
 if TYPE_CHECKING:
@@ -28,6 +41,7 @@ if TYPE_CHECKING:
 
 # Exceptions vLLM raises while validating one request's input: that row fails alone.
 _PER_REQUEST_ERRORS = (ValueError, TypeError)
+_SAMPLE_INTERVAL_S = 0.05
 
 
 def _import_vllm():
@@ -42,60 +56,101 @@ def _import_vllm():
 
 def _is_fatal(exc: BaseException) -> bool:
     import torch
+    from vllm.v1.engine.exceptions import EngineDeadError
 
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    try:
-        from vllm.v1.engine.exceptions import EngineDeadError
-    except ImportError:  # pragma: no cover - layout of other vLLM versions
-        return False
-    return isinstance(exc, EngineDeadError)
+    return isinstance(exc, (torch.OutOfMemoryError, EngineDeadError))
+
+
+def engine_args(model: ModelConfig, tokenizer: str | None = None) -> dict[str, Any]:
+    """`tokenizer`: a local stand-in for a remote-code tokenizer (model/tokenizer.py)."""
+    path = resolve_model_path(model.path, model.download_dir, model.storage_options)
+    kwargs = dict(
+        model=path,
+        dtype=model.dtype,
+        tensor_parallel_size=model.tensor_parallel_size,
+        max_model_len=model.max_model_len,
+        max_num_seqs=model.max_num_seqs,
+        gpu_memory_utilization=model.gpu_memory_utilization,
+        quantization=model.quantization,
+        trust_remote_code=model.trust_remote_code,
+        enforce_eager=model.enforce_eager,
+        seed=model.seed,
+        limit_mm_per_prompt={"image": model.max_images_per_prompt},
+        hf_overrides={"architectures": [PRETILED_ARCHITECTURE], "max_dynamic_patch": model.max_dynamic_patch},
+        # vLLM files dict-of-tensor image items under "embeddings" and gates them behind
+        # this flag; our pre-tiled tiles travel that way.
+        enable_mm_embeds=True,
+        # Compact constrained JSON: free whitespace only costs tokens (and lets a weak
+        # model loop on it). engine_kwargs can override.
+        structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+        # Our stat logger (occupancy) needs vLLM's scheduler statistics.
+        disable_log_stats=False,
+    )
+    if tokenizer:
+        kwargs["tokenizer"] = tokenizer
+    kwargs.update(model.engine_kwargs)
+    return kwargs
 
 
 class VLLMEngine:
     def __init__(self, model: ModelConfig, sampling: SamplingConfig):
-        vllm = _import_vllm()
+        _import_vllm()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
         self.model = model
         self.default_sampling = sampling
         # Read by the CPU build only; sized from the config unless the operator set it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model.cpu_kvcache_gib))
-        path = resolve_model_path(model.path, model.download_dir, model.storage_options)
-        overrides = {"architectures": [PRETILED_ARCHITECTURE], "max_dynamic_patch": model.max_dynamic_patch}
-        kwargs = dict(
-            model=path,
-            dtype=model.dtype,
-            tensor_parallel_size=model.tensor_parallel_size,
-            max_model_len=model.max_model_len,
-            max_num_seqs=model.max_num_seqs,
-            gpu_memory_utilization=model.gpu_memory_utilization,
-            quantization=model.quantization,
-            trust_remote_code=model.trust_remote_code,
-            enforce_eager=model.enforce_eager,
-            seed=model.seed,
-            limit_mm_per_prompt={"image": model.max_images_per_prompt},
-            hf_overrides=overrides,
-            # vLLM files dict-of-tensor image items under "embeddings" and gates them
-            # behind this flag; our pre-tiled tiles travel that way.
-            enable_mm_embeds=True,
-            # Compact constrained JSON: free whitespace only costs tokens (and lets a
-            # weak model loop on it). engine_kwargs can override.
-            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
-        )
-        kwargs.update(model.engine_kwargs)
-        self._llm = vllm.LLM(**kwargs)
-        self._tokenizer = self._llm.get_tokenizer()
-        self._params: dict[int, object] = {}
+        # Template, tokenizer and stop tokens, as model.chat uses them (model/check.py).
+        self.checkpoint = inspect_model(model)
+        self.template = self.checkpoint.template
+        self.occupancy = Occupancy(model.max_num_seqs)
+        self._params: dict[tuple, tuple[Any, Any]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+        args = AsyncEngineArgs(**engine_args(model, self.checkpoint.vllm_tokenizer))
+
+        async def start():
+            # Built on its loop: AsyncLLM binds its output handler to the running loop.
+            llm = AsyncLLM.from_engine_args(args, stat_loggers=[logger_class(self.occupancy)])
+            self._sampler = asyncio.ensure_future(self._sample())
+            return llm
+
+        try:
+            self._llm = self._call(start()).result()
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.tokenizer = self._llm.get_tokenizer()
+        # What vLLM's InternVL processor searches for to expand each image (pretiled.py).
+        self._image_placeholder_ids = self.tokenizer.encode(IMAGE_PLACEHOLDER, add_special_tokens=False)
+
+    # -- the loop ---------------------------------------------------------------------
+    def _call(self, coro: Coroutine) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(_SAMPLE_INTERVAL_S)
+            self.occupancy.sample()
+
+    def _stop_loop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
 
     # -- sampling ---------------------------------------------------------------------
-    def _stop_token_ids(self, stop: Sequence[str]) -> list[int]:
-        return stop_token_ids(self._tokenizer.get_vocab(), stop)
+    def _stop_token_ids(self, req: EngineRequest) -> list[int]:
+        return request_stop_token_ids(self.tokenizer.get_vocab(), req.prompt, self.model.extra_stop_tokens)
 
     def sampling_params(self, req: EngineRequest):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         cfg = req.sampling or self.default_sampling
-        key = id(cfg)
+        key = (id(cfg), tuple(req.prompt.stop))
         if key not in self._params:
             structured = StructuredOutputsParams(json=cfg.json_schema) if cfg.json_schema else None
             self._params[key] = (
@@ -108,15 +163,20 @@ class VLLMEngine:
                     repetition_penalty=cfg.repetition_penalty,
                     seed=cfg.seed,
                     stop=list(cfg.stop) or None,
-                    stop_token_ids=self._stop_token_ids(req.prompt.stop),
+                    stop_token_ids=self._stop_token_ids(req),
+                    # model.chat stops at the template separator only, not at the tokenizer's
+                    # EOS; but a JSON schema's grammar ends by forcing that EOS, so it must stop there.
+                    ignore_eos=cfg.json_schema is None,
                     structured_outputs=structured,
                 ),
             )
         return self._params[key][1]
 
     # -- requests ---------------------------------------------------------------------
-    def _vllm_input(self, req: EngineRequest) -> dict:
-        inp: dict = {"prompt": req.prompt.with_placeholders}
+    def _vllm_input(self, req: EngineRequest, prompt_ids=None) -> dict:
+        # Token ids, as model.chat tokenizes the prompt (model/prompt_ids.py says why)
+        prompt_ids = prompt_ids or self.checkpoint.tokenizer.prompt_ids(req.prompt)
+        inp: dict = {"prompt_token_ids": prompt_ids.with_placeholders(self._image_placeholder_ids)}
         if req.tiles is not None and req.num_tiles:
             import torch
 
@@ -133,66 +193,83 @@ class VLLMEngine:
                 inp["multi_modal_uuids"] = {"image": [f"{req.media_key}#{i}" for i in range(n)]}
         return inp
 
-    def _num_prompt_tokens(self, req: EngineRequest) -> int:
-        return len(self._tokenizer.encode(req.prompt.text, add_special_tokens=False))
+    async def _one(self, req: EngineRequest, params=None) -> EngineResult:
+        """One request, on the engine's loop."""
+        failed = check_request(req, self.model)
+        if failed is not None:
+            return failed
+        prompt_ids = self.checkpoint.tokenizer.prompt_ids(req.prompt)
+        failed = context_overflow(req, len(prompt_ids.ids), self.model.max_model_len)
+        if failed is not None:
+            return failed
+        from vllm.v1.engine.exceptions import EngineGenerateError
 
-    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
-        results: list[EngineResult | None] = [None] * len(requests)
-        todo: list[int] = []
-        for i, req in enumerate(requests):
-            failed = check_request(req, self.model) or context_overflow(
-                req, self._num_prompt_tokens(req), self.model.max_model_len
-            )
-            if failed is not None:
-                results[i] = failed
-            else:
-                todo.append(i)
-        for i, res in zip(todo, self._generate_isolating([requests[i] for i in todo])):
-            results[i] = res
-        return results  # type: ignore[return-value]
-
-    def _generate_isolating(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
-        """Run a batch; if vLLM rejects its input, split it to find the row(s) at fault."""
-        if not requests:
-            return []
+        final = None
+        self.occupancy.submitted()
         try:
-            outputs = self._llm.generate(
-                [self._vllm_input(r) for r in requests],
-                [self.sampling_params(r) for r in requests],
-                use_tqdm=False,
-            )
-        except _PER_REQUEST_ERRORS as e:
-            if len(requests) == 1:
-                return [EngineResult.failed(requests[0].id, Status.ENGINE_ERROR, f"{type(e).__name__}: {e}")]
-            mid = len(requests) // 2
-            return self._generate_isolating(requests[:mid]) + self._generate_isolating(requests[mid:])
+            rid = f"{req.id}-{uuid.uuid4().hex[:8]}"  # unique even when a retried batch resends a row
+            inputs = self._vllm_input(req, prompt_ids)
+            async for out in self._llm.generate(inputs, params or self.sampling_params(req), rid):
+                final = out
+        except EngineGenerateError as e:
+            cause = e.__cause__ or e
+            if isinstance(cause, _PER_REQUEST_ERRORS):
+                return EngineResult.failed(req.id, Status.ENGINE_ERROR, f"{type(cause).__name__}: {cause}")
+            raise EngineFatalError(f"vLLM engine failed: {type(cause).__name__}: {cause}") from e
         except Exception as e:
             if _is_fatal(e):
                 raise EngineFatalError(f"vLLM engine failed: {type(e).__name__}: {e}") from e
             raise
-        return [self._result(r, o) for r, o in zip(requests, outputs)]
+        finally:
+            self.occupancy.finished()
+        return self._result(req, final)
 
-    @staticmethod
-    def _result(req: EngineRequest, out) -> EngineResult:
+    def submit(self, req: EngineRequest) -> Future:
+        """Hand one request to vLLM now; the future resolves when it finishes."""
+        return self._call(self._one(req))
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
+        """One result per request, in order. Per-row failures are results; a dead engine raises."""
+        futures = [self.submit(r) for r in requests]
+        return [f.result() for f in futures]
+
+    def _result(self, req: EngineRequest, out) -> EngineResult:
         completion = out.outputs[0]
         return EngineResult(
             id=req.id,
             status=Status.OK,
-            text=completion.text,
+            text=self._answer_text(req, completion.token_ids),
             finish_reason=completion.finish_reason,
             num_prompt_tokens=len(out.prompt_token_ids),
             num_output_tokens=len(completion.token_ids),
             token_ids=tuple(completion.token_ids),
         )
 
+    def _answer_text(self, req: EngineRequest, token_ids: Sequence[int]) -> str:
+        """model.chat's answer from the tokens (model/answers.py), not vLLM's streamed text."""
+        stop = (req.sampling or self.default_sampling).stop
+        return answer_text(self.checkpoint.tokenizer.decode, token_ids, req.prompt.template, stop)
+
     def prompt_token_ids(self, req: EngineRequest) -> list[int]:
         """The token ids vLLM built for a request's prompt (for fidelity tests)."""
         from vllm import SamplingParams
 
-        out = self._llm.generate([self._vllm_input(req)], SamplingParams(max_tokens=1), use_tqdm=False)
-        return list(out[0].prompt_token_ids)
+        return list(self.raw_generate(self._vllm_input(req), SamplingParams(max_tokens=1)).prompt_token_ids)
+
+    def raw_generate(self, inputs: dict, params) -> Any:
+        """vLLM's own output for raw inputs (e.g. a PIL image on vLLM's stock tiling path):
+        for fidelity tests that compare our path with vLLM's."""
+
+        async def last():
+            final = None
+            async for out in self._llm.generate(inputs, params, uuid.uuid4().hex):
+                final = out
+            return final
+
+        return self._call(last()).result()
 
     def shutdown(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
+            llm.shutdown()
+        self._stop_loop()

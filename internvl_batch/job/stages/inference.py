@@ -1,34 +1,59 @@
 """GPU stage: one engine replica per actor; each row becomes one output row per task.
 
-Rows that already failed upstream pass straight to the output with their status; the
-engine sees only rows whose media was fetched and tiled. The tiles of a row are shared
-by all of its tasks (and `media_key` lets vLLM reuse the vision encoder's output).
-The rows leave this stage complete, in the output schema: the sink only writes them.
+The actor holds several batches at once (`runtime.engine_batches_in_flight`) and every
+request goes to the engine as soon as its batch arrives, so the engine's queue stays
+full while a batch's slowest row finishes. Rows that already failed upstream pass
+straight to the output with their status; the engine sees only rows whose media was
+fetched and tiled, and their tasks share the tiles (`media_key` lets vLLM reuse the
+vision encoder's output). Rows leave this stage complete, in the output schema.
+
+A dead engine is not a row error: the actor reports it to the job monitor and exits, so
+Ray replaces it with a fresh engine and re-runs its batches; the monitor fails the job
+when that keeps happening.
 """
 
 from __future__ import annotations
 
-import time
+import logging
+import os
 from typing import Any
 
 import pyarrow as pa
 
 from internvl_batch.config import ModelConfig, TaskConfig
-from internvl_batch.engines import EngineRequest, EngineResult, build_engine
+from internvl_batch.engines import EngineFatalError, EngineRequest, EngineResult, build_engine
+from internvl_batch.engines.base import run_requests
+from internvl_batch.job.monitor import MonitorClient
 from internvl_batch.job.records import output_schema, passthrough_field, tiles_from_bytes
-from internvl_batch.job.stages.base import Batch, Stage
+from internvl_batch.job.stages.base import AsyncStage, Batch
 from internvl_batch.model.prompts import build_prompt
 from internvl_batch.status import Status
 
+log = logging.getLogger("internvl_batch")
 
-class InferenceStage(Stage):
+
+class InferenceStage(AsyncStage):
     name = "inference"
 
-    def __init__(self, model: ModelConfig, tasks: list[TaskConfig], passthrough: tuple[str, ...], run_id: str):
+    def __init__(
+        self,
+        model: ModelConfig,
+        tasks: list[TaskConfig],
+        passthrough: tuple[str, ...],
+        run_id: str,
+        monitor: str | None = None,
+    ):
         self.tasks = {t.name: t for t in tasks}
         self.model_name, self.run_id, self.passthrough = model.path, run_id, passthrough
         self.schema = output_schema(passthrough)
-        self.engine = build_engine(model, tasks[0].sampling)
+        self.monitor = MonitorClient(monitor)
+        self.replica = f"{os.getpid()}"
+        try:
+            self.engine = build_engine(model, tasks[0].sampling)
+        except Exception as e:
+            self.monitor.engine_failed(self.replica, f"engine failed to start: {type(e).__name__}: {e}")
+            raise
+        self.monitor.engine_started(self.replica)
 
     def _request(self, row: dict[str, Any], task: TaskConfig) -> EngineRequest | EngineResult:
         rid = f"{row['id']}\x1f{task.name}"
@@ -38,7 +63,10 @@ class InferenceStage(Stage):
             return EngineResult.failed(rid, Status.INVALID_ROW, msg)
         kwargs = {"system_message": task.system_message} if task.system_message is not None else {}
         try:
-            prompt = build_prompt(question, list(row["tiles_per_image"]), media=row["media"], **kwargs)
+            # the checkpoint's own template, as the engine resolved it (model/check.py)
+            prompt = build_prompt(
+                question, list(row["tiles_per_image"]), media=row["media"], template=self.engine.template, **kwargs
+            )
         except ValueError as e:
             return EngineResult.failed(rid, Status.INVALID_ROW, str(e))
         tiles = tiles_from_bytes(row["tiles"], row["tiles_per_image"])
@@ -51,10 +79,11 @@ class InferenceStage(Stage):
             "num_prompt_tokens": res.num_prompt_tokens, "num_output_tokens": res.num_output_tokens,
             "num_tiles": sum(row["tiles_per_image"]), "media": row["media"], "model": self.model_name,
             "run_id": self.run_id, "preprocess_ms": row["preprocess_ms"], "engine_ms": engine_ms,
+            "shard": row["shard"], "row": row["row"],
             **{c: row[passthrough_field(c)] for c in self.passthrough},
         }  # fmt: skip
 
-    def process(self, batch: Batch) -> Batch:
+    async def process(self, batch: Batch) -> Batch:
         pending: list[tuple[dict[str, Any], str, EngineRequest | EngineResult]] = []
         for row in batch.to_pylist():
             for name in row["tasks"]:
@@ -64,13 +93,26 @@ class InferenceStage(Stage):
                     res = self._request(row, self.tasks[name])
                 pending.append((row, name, res))
         requests = [r for _, _, r in pending if isinstance(r, EngineRequest)]
-        start = time.perf_counter()
-        results = iter(self.engine.generate(requests)) if requests else iter(())
-        engine_ms = (time.perf_counter() - start) * 1000 / max(len(requests), 1)
+        try:
+            done = iter(await run_requests(self.engine, requests))
+        except EngineFatalError as e:
+            self._die(str(e))
         out = []
         for row, name, item in pending:
             if isinstance(item, EngineRequest):
-                out.append(self._output_row(row, name, next(results), engine_ms))
+                res, ms = next(done)
+                out.append(self._output_row(row, name, res, ms))
             else:
                 out.append(self._output_row(row, name, item, None))
+        stats = getattr(self.engine, "occupancy", None)
+        self.monitor.batch_done(self.replica, len(out), stats.stats() if stats is not None else None)
         return pa.Table.from_pylist(out, schema=self.schema)
+
+    def _die(self, cause: str) -> None:
+        """Exit the actor's process: Ray restarts the actor with a fresh engine and re-runs
+        its batches (the sink drops any row it already has). Staying alive around a dead
+        engine is how jobs hang."""
+        log.error("replica %s: %s; exiting so Ray replaces it", self.replica, cause)
+        self.monitor.engine_failed(self.replica, cause)
+        logging.shutdown()
+        os._exit(1)

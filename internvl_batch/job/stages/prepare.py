@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from internvl_batch.config import PreprocessConfig
+from internvl_batch.job.monitor import MonitorClient
 from internvl_batch.job.records import prepared_schema, tiles_to_bytes
 from internvl_batch.job.stages.base import Batch, Stage
 from internvl_batch.media.decode import decode_image
@@ -26,10 +27,11 @@ from internvl_batch.status import Status
 class PrepareStage(Stage):
     name = "prepare"
 
-    def __init__(self, cfg: PreprocessConfig, passthrough: tuple[str, ...] = ()):
+    def __init__(self, cfg: PreprocessConfig, passthrough: tuple[str, ...] = (), monitor: str | None = None):
         self.cfg = cfg
         self.schema = prepared_schema(passthrough)
         self.fetcher = Fetcher(cfg.fetch)
+        self.monitor = MonitorClient(monitor)
 
     def _image_tiles(self, urls: list[str]) -> tuple[np.ndarray, list[int]]:
         budgets = [self.cfg.max_num] if len(urls) == 1 else split_tile_budget(len(urls), self.cfg.multi_image_max_num)
@@ -66,4 +68,9 @@ class PrepareStage(Stage):
         return out
 
     def process(self, batch: Batch) -> Batch:
-        return pa.Table.from_pylist([{**r, **self._one(r)} for r in batch.to_pylist()], schema=self.schema)
+        before = self.fetcher.stats.as_dict()
+        table = pa.Table.from_pylist([{**r, **self._one(r)} for r in batch.to_pylist()], schema=self.schema)
+        self.monitor.progress(self.name, table.num_rows)
+        after = self.fetcher.stats.as_dict()
+        self.monitor.count({f"fetch_{k}": after[k] - before[k] for k in after if after[k] != before[k]})
+        return table

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_engine_sees_256_context_tokens_per_tile(vllm_engine, max_num):
     req = image_request("r", [((1000, 700), max_num)], "Describe.")
     ids = vllm_engine.prompt_token_ids(req)
-    ctx = vllm_engine._tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+    ctx = vllm_engine.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     assert ids.count(ctx) == 256 * req.num_tiles
     assert req.num_tiles == (1 if max_num == 1 else req.prompt.tiles_per_image[0])
 
@@ -45,10 +45,10 @@ def test_pretiled_equals_vllm_own_tiling_and_skips_it(vllm_engine, monkeypatch):
     assert ours.status == "ok"
     assert calls == []
 
-    params = SamplingParams(temperature=0, max_tokens=16, stop_token_ids=vllm_engine._stop_token_ids(prompt.stop))
-    stock = vllm_engine._llm.generate(
-        [{"prompt": prompt.with_placeholders, "multi_modal_data": {"image": image}}], params, use_tqdm=False
-    )[0]
+    params = SamplingParams(
+        temperature=0, max_tokens=16, stop_token_ids=list(vllm_engine.sampling_params(req).stop_token_ids)
+    )
+    stock = vllm_engine.raw_generate({"prompt": prompt.with_placeholders, "multi_modal_data": {"image": image}}, params)
     assert calls, "the stock path should have run vLLM's own tiling"
     assert list(stock.outputs[0].token_ids) == list(ours.token_ids)
     assert len(stock.prompt_token_ids) == ours.num_prompt_tokens

@@ -1,0 +1,95 @@
+"""Reader actors: a split of the manifest (one file's piece, one or more shards) -> ITEM rows.
+
+The driver only hands out split descriptions; parsing, and the per-row bookkeeping of a
+shard that an earlier run left partly done, happen here. Rows are emitted in chunks so
+that the CPU stage downstream starts before a split is read to its end.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from internvl_batch.config import InputConfig
+from internvl_batch.job.manifest import split_rows
+from internvl_batch.job.monitor import MonitorClient
+from internvl_batch.job.output import OutputDir
+from internvl_batch.job.records import item_schema
+from internvl_batch.job.stages.base import Batch, Stage
+from internvl_batch.status import SETTLED
+
+
+class ReadStage(Stage):
+    name = "read"
+
+    def __init__(
+        self,
+        cfg: InputConfig,
+        tasks: list[str],
+        output: tuple[str, dict[str, Any]],
+        retry_failed: bool,
+        duplicates: str | None,
+        chunk_rows: int = 1024,
+        monitor: str | None = None,
+    ):
+        import fsspec
+
+        self.cfg, self.tasks, self.retry_failed = cfg, tasks, retry_failed
+        self.fs, _ = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
+        self.out = OutputDir(*output)
+        self.duplicates, self.chunk_rows = duplicates, chunk_rows
+        self.schema = item_schema(cfg.passthrough)
+        self.monitor = MonitorClient(monitor)
+
+    def process(self, batch: Batch) -> Iterator[Batch]:
+        for spec in batch["split"].to_pylist():
+            for table in self._read(json.loads(spec)):
+                self.monitor.progress(self.name, table.num_rows)
+                yield table
+
+    def _done_pairs(self, shard_id: str) -> set[tuple[int, str]]:
+        """Pairs an earlier run already answered (only settled ones when retrying failures)."""
+        keys = self.out.shard_keys(shard_id)
+        if self.retry_failed:
+            keys = keys.filter(pc.is_in(keys["status"], pa.array(sorted(SETTLED), pa.string())))
+        return set(zip(keys["row"].to_pylist(), keys["task"].to_pylist()))
+
+    def _duplicate_rows(self, shard_ids: list[str]) -> set[tuple[str, int]]:
+        if not self.duplicates:
+            return set()
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(
+            self.out.path(self.duplicates), filesystem=self.out.fs, columns=["shard", "row"],
+            filters=[("shard", "in", shard_ids)],
+        )  # fmt: skip
+        return set(zip(table["shard"].to_pylist(), table["row"].to_pylist()))
+
+    def _read(self, split: dict[str, Any]) -> Iterator[pa.Table]:
+        shards = split["shards"]
+        starts = [s["row_start"] for s in shards]
+        done = {s["id"]: self._done_pairs(s["id"]) for s in shards if s.get("resume")}
+        dups = self._duplicate_rows([s["id"] for s in shards])
+        items: list[dict[str, Any]] = []
+        for n, line_no, row in split_rows(self.fs, split, self.cfg):
+            shard = shards[bisect.bisect_right(starts, n) - 1]
+            if not shard["row_start"] <= n < shard["row_start"] + shard["rows"]:
+                continue  # a record of a shard that is done (a split read from the top)
+            todo = self.tasks
+            if shard["id"] in done:
+                todo = [t for t in self.tasks if (n, t) not in done[shard["id"]]]
+                if not todo:
+                    continue
+            if (shard["id"], n) in dups:
+                row.mark_duplicate(self.cfg.id_column, f"{split['path']}#{line_no}")
+            items.append(row.item(todo, shard["id"], n))
+            if len(items) >= self.chunk_rows:
+                yield pa.Table.from_pylist(items, schema=self.schema)
+                items = []
+        if items:
+            yield pa.Table.from_pylist(items, schema=self.schema)

@@ -1,0 +1,129 @@
+"""JobMonitor as a plain object (it runs as a Ray actor in a job), stalled_stage, and the
+stages' MonitorClient outside a job."""
+
+from __future__ import annotations
+
+import pytest
+
+from internvl_batch.job import monitor as monitor_module
+from internvl_batch.job.monitor import STAGES, JobMonitor, MonitorClient, stalled_stage
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(monitor_module, "time", c)
+    return c
+
+
+@pytest.mark.parametrize("max_restarts", [0, 1, 3])
+def test_fatal_after_max_restarts_plus_one_failures_in_a_row(max_restarts):
+    m = JobMonitor(max_restarts)
+    for i in range(max_restarts):
+        m.engine_failed(f"r{i}", f"boom {i}")
+        assert m.snapshot()["fatal"] is None
+    m.engine_failed("r9", "the last straw")
+    fatal = m.snapshot()["fatal"]
+    assert f"{max_restarts + 1} times in a row" in fatal and "the last straw" in fatal
+    assert f"max_engine_restarts={max_restarts}" in fatal
+
+
+def test_a_finished_batch_resets_the_run_of_failures():
+    m = JobMonitor(2)
+    for _ in range(3):  # 2 failures, a batch, 2 failures...: never 3 in a row
+        m.engine_failed("r0", "boom")
+        m.engine_failed("r1", "boom")
+        m.batch_done("r2", 8)
+    snap = m.snapshot()
+    assert snap["fatal"] is None and snap["engine_failures"] == 6 and snap["last_engine_failure"] == "boom"
+    m.engine_failed("r0", "a")
+    m.engine_failed("r0", "b")
+    assert m.snapshot()["fatal"] is None
+    m.engine_failed("r0", "c")
+    assert "3 times in a row" in m.snapshot()["fatal"]
+    m.batch_done("r2", 1)
+    assert m.snapshot()["fatal"] is not None  # a fatal verdict sticks
+
+
+def test_snapshot(clock):
+    m = JobMonitor(3)
+    clock.now += 5
+    m.progress("read", 10)
+    m.progress("read", 5)
+    m.progress("prepare", 7)
+    clock.now += 2
+    m.batch_done("replica-a", 4, {"waiting": 1})
+    m.batch_done("replica-b", 3)  # no stats: keeps none for it
+    m.engine_started("replica-a")
+    m.engine_started("replica-b")
+    m.count({"fetch_retries": 2, "redirects": 1})
+    m.count({"fetch_retries": 3})
+    clock.now += 1.3
+    snap = m.snapshot()
+    assert snap == {
+        "fatal": None,
+        "stages": {
+            "read": {"rows": 15, "idle_s": 3.3},
+            "prepare": {"rows": 7, "idle_s": 3.3},
+            "inference": {"rows": 7, "idle_s": 1.3},
+        },
+        "engine_failures": 0,
+        "last_engine_failure": None,
+        "engines_started": 2,
+        "replicas": {"replica-a": {"waiting": 1}},
+        "counters": {"fetch_retries": 5, "redirects": 1},
+    }
+    snap["counters"]["x"] = 1
+    snap["replicas"]["y"] = {}
+    assert "x" not in m.snapshot()["counters"] and "y" not in m.snapshot()["replicas"]  # copies
+
+
+def test_idle_time_starts_with_the_monitor(clock):
+    m = JobMonitor(3)
+    clock.now += 30
+    assert {s: v["idle_s"] for s, v in m.snapshot()["stages"].items()} == {s: 30.0 for s in STAGES}
+
+
+def idle(read: float, prepare: float, inference: float) -> dict:
+    return {"stages": {"read": {"idle_s": read}, "prepare": {"idle_s": prepare}, "inference": {"idle_s": inference}}}
+
+
+@pytest.mark.parametrize(
+    "snapshot, stage",
+    [
+        (idle(1, 2, 300), "inference"),
+        (idle(1, 300, 2), "prepare"),
+        (idle(300, 2, 1), "read"),
+        (idle(5, 300, 300), "prepare"),  # a tie: the upstream one stopped first
+        (idle(300, 300, 300), "read"),
+        (idle(0, 0, 0), "read"),
+    ],
+)
+def test_stalled_stage(snapshot, stage):
+    assert stalled_stage(snapshot) == stage
+
+
+def test_stalled_stage_of_a_real_snapshot(clock):
+    m = JobMonitor(3)
+    clock.now += 100
+    m.progress("read", 1)
+    m.batch_done("r", 1)
+    clock.now += 50
+    assert stalled_stage(m.snapshot()) == "prepare"
+
+
+def test_client_outside_a_job_does_nothing():
+    c = MonitorClient(None)
+    c.progress("read", 3)
+    c.batch_done("r", 1, {"a": 1})
+    c.count({"x": 1})
+    c.engine_started("r")
+    c.engine_failed("r", "boom")  # no actor, no Ray: silently nothing
