@@ -62,13 +62,20 @@ def _smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _error(e: BaseException, cfg=None, prefix: str = "", suffix: str = "") -> None:
+    """An error for the terminal (and the RayJob's log): no URL signature, no credential."""
+    from internvl_batch.job.runner import scrub
+
+    print(scrub(f"error: {prefix}{e}{suffix}", cfg), file=sys.stderr)
+
+
 def _load(args: argparse.Namespace):
     from internvl_batch.config.loader import ConfigError, load_config
 
     try:
         return load_config(args.config, args.set)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e)  # a YAML error quotes the line it stopped at, which may hold a secret
         return None
 
 
@@ -76,9 +83,13 @@ def _validate(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
+    from internvl_batch.config.redact import redacted
+    from internvl_batch.job.runner import scrub
+
+    shown = redacted(cfg)
     print(
-        f"config ok: {len(cfg.task)} task(s) {[t.name for t in cfg.task]}, model {cfg.model.path}, "
-        f"output {cfg.output.path}"
+        f"config ok: {len(cfg.task)} task(s) {[t.name for t in cfg.task]}, model {shown['model']['path']}, "
+        f"output {shown['output']['path']}"
     )
     if args.config_only:
         return 0
@@ -86,16 +97,16 @@ def _validate(args: argparse.Namespace) -> int:
     from internvl_batch.model.check import ModelCheckError, inspect_model
 
     try:
-        print(inspect_model(cfg.model).summary())
+        print(scrub(inspect_model(cfg.model).summary(), cfg))
     except ModelCheckError as e:
-        print(f"error: {e}{' (may pass on a retry)' if e.retryable else ''}", file=sys.stderr)
+        _error(e, cfg, suffix=" (may pass on a retry)" if e.retryable else "")
         return 1 if e.retryable else 2
     try:
         report = sample_manifest(cfg.input, cfg.preprocess, n=args.sample)
     except ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e, cfg)
         return 2
-    print(report)
+    print(scrub(report, cfg))  # its rows name their media URLs
     return 0
 
 
@@ -111,12 +122,58 @@ def _run(args: argparse.Namespace) -> int:
     try:
         summary = run_job(cfg, dry_run=args.dry_run)
     except (ManifestError, PlanError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        _error(e, cfg)
         return 2  # will fail the same way on a retry
     except JobFailed as e:
-        print(f"error: the job failed: {e}\nits output is resumable: rerun the same command", file=sys.stderr)
+        _error(e, cfg, "the job failed: ", "\nits output is resumable: rerun the same command")
         return 1
     return 0 if summary.finished else 1
+
+
+def _plan(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    import json
+
+    from internvl_batch.job.manifest import ManifestError
+    from internvl_batch.job.runner import scrub
+    from internvl_batch.observe.preflight import Rates, make_preflight
+
+    try:
+        rates = None
+        if args.from_run:
+            rates = Rates.from_success(args.from_run, cfg.output.storage_options)
+        elif args.rows_per_s or args.tokens_per_s:
+            rates = Rates("the command line", rows_per_s=args.rows_per_s, tokens_per_s=args.tokens_per_s)
+        result = make_preflight(cfg, args.sample, rates)
+    except (ManifestError, ValueError, OSError) as e:
+        _error(e, cfg)
+        return 2
+    print(scrub(json.dumps(result.to_dict(), indent=1) if args.json else result.text(), cfg))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import fsspec
+
+    from internvl_batch.job.output import OutputDir
+    from internvl_batch.observe.report import write_report
+
+    path, options = args.path, {}
+    if path.endswith((".yaml", ".yml")):
+        args.config = path
+        cfg = _load(args)
+        if cfg is None:
+            return 2
+        path, options = cfg.output.path, cfg.output.storage_options
+    fs, root = fsspec.core.url_to_fs(path, **options)
+    if not fs.exists(root):
+        _error(f"{path} does not exist")
+        return 2
+    dest = OutputDir(args.out) if args.out else None
+    print(write_report(OutputDir(path, options), dest=dest))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -133,11 +190,15 @@ def _demo(args: argparse.Namespace) -> int:
 
         from internvl_batch.config.loader import load_config
 
-        table = pq.read_table(load_config(DEMO_CONFIG, args.set).output.path)
+        out_path = load_config(DEMO_CONFIG, args.set).output.path
+        table = pq.read_table(out_path)
         print("\nsample of the output (tiny random model: the text is gibberish, the tokens are real):")
         for row in table.select(["id", "task", "status", "response", "error"]).to_pylist()[:8]:
             detail = row["response"] if row["status"] == "ok" else row["error"]
             print(f"  {row['id']:>10} {row['task']:>8} {row['status']:>13}  {detail!r:.90}")
+        from internvl_batch.observe.report import REPORT_HTML, REPORT_PNG
+
+        print(f"\nrun report: {out_path}/{REPORT_HTML} (summary: {out_path}/{REPORT_PNG})")
     return code
 
 
@@ -168,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-only", action="store_true", help="do not load the model's files nor read the manifest")
     p.add_argument("--sample", type=int, default=20, help="manifest rows to check")
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser(
+        "plan", help="pre-flight: sample rows, read image headers only, predict tiles, tokens, overflows, GPU-hours"
+    )
+    _add_config_args(p)
+    p.add_argument("--sample", type=int, default=200, help="manifest rows to sample")
+    p.add_argument("--rows-per-s", type=float, help="row x task pairs per second of one replica")
+    p.add_argument("--tokens-per-s", type=float, help="prompt + output tokens per second of one replica")
+    p.add_argument("--from-run", metavar="OUTPUT_PATH", help="take the rates a previous run's _SUCCESS measured")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("report", help="render _report.html and _report.png of an output path (finished or running)")
+    p.add_argument("path", help="output path (any fsspec URL), or a job config YAML naming it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with a config: override a key")
+    p.add_argument("--out", help="write the report here instead of into the output path")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="configs/demo.yaml on generated media: tiny model, local Ray, CPU vLLM")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from internvl_batch import storage_retry
 from internvl_batch.config import InputConfig
 
 _ID_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("row", pa.int64()), ("rank", pa.int64())])
@@ -40,7 +41,7 @@ def _ids_of(fs: Any, cfg: InputConfig, split: dict[str, Any], ranks: dict[str, i
 
     ids, shard_ids, rows, rank = [], [], [], []
     starts = [(s["row_start"], s["row_start"] + s["rows"], s["id"]) for s in split["shards"]]
-    for n, _, row in split_rows(fs, split, cfg):
+    for n, _, row in split_rows(fs, split, cfg, op="manifest_dedup"):
         if row.error is not None and row.id.startswith(split["path"] + "#"):
             continue  # an id made from the file and line: unique by construction
         for lo, hi, sid in starts:
@@ -102,6 +103,17 @@ def _write(out_spec: tuple[str, dict], name: str, *parts: pa.Table) -> int:
     return table.num_rows
 
 
+def _map_counted(*args: Any) -> tuple:
+    """`_map`'s partitions, then the storage retries its reads took (for the run summary)."""
+    parts = _map(*args)
+    return (*(parts if isinstance(parts, tuple) else (parts,)), storage_retry.drain())
+
+
+def _write_counted(*args: Any) -> tuple[int, dict[str, int]]:
+    n = _write(*args)
+    return n, storage_retry.drain()
+
+
 def find_duplicates(
     ray: Any,
     cfg: InputConfig,
@@ -116,13 +128,18 @@ def find_duplicates(
     k = int(min(256, max(1, total_rows // _ROWS_PER_PARTITION)))
     groups = max(1, min(len(splits), 64))
     fs_spec = (cfg.path, cfg.storage_options)
-    map_task = ray.remote(_map).options(num_returns=k, num_cpus=num_cpus)
-    mapped = []
+    map_task = ray.remote(_map_counted).options(num_returns=k + 1, num_cpus=num_cpus)
+    mapped, counted = [], []
     for g in range(groups):
         mine = splits[g::groups]
         mine_ranks = {s["id"]: ranks[s["id"]] for split in mine for s in split["shards"]}
-        refs = map_task.remote(fs_spec, cfg, mine, mine_ranks, k)
-        mapped.append([refs] if k == 1 else list(refs))
+        *refs, counts = map_task.remote(fs_spec, cfg, mine, mine_ranks, k)
+        mapped.append(refs)
+        counted.append(counts)
     reduce_task = ray.remote(_reduce).options(num_cpus=num_cpus)
     reduced = [reduce_task.remote(*[m[i] for m in mapped]) for i in range(k)]
-    return int(ray.get(ray.remote(_write).options(num_cpus=num_cpus).remote(out_spec, name, *reduced)))
+    write_task = ray.remote(_write_counted).options(num_cpus=num_cpus)
+    n, counts = ray.get(write_task.remote(out_spec, name, *reduced))
+    for c in [counts, *ray.get(counted)]:
+        storage_retry.record(c)
+    return int(n)

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from internvl_batch import storage_retry
 from internvl_batch.config import InputConfig, PreprocessConfig
 from internvl_batch.job.records import passthrough_field
 from internvl_batch.job.shards import ManifestFile, Shard, is_record, plan_file
+from internvl_batch.media.redact import redact_url
 from internvl_batch.status import Status
 
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
@@ -93,15 +95,29 @@ def list_files(cfg: InputConfig) -> tuple[Any, list[ManifestFile]]:
     """The manifest's files, sorted, with fingerprints: one listing, no reads."""
     import fsspec
 
+    if redact_url(cfg.path) != cfg.path:
+        # The path is written to the output (plans, ledger entries, ids of rows without one).
+        raise ManifestError(
+            f"input.path={redact_url(cfg.path)!r} carries credentials (user:password@ or a signed URL): they "
+            "would be written to the output; give them in input.storage_options or the environment"
+        )
     fs, root = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
     if any(c in root for c in "*?["):
-        infos = fs.glob(root, detail=True)
-    elif fs.isdir(root):
-        infos = {p: i for p, i in fs.find(root, detail=True).items() if _is_manifest(p)}
-    elif fs.exists(root):
-        infos = {root: fs.info(root)}
+        infos = storage_retry.call("manifest_list", cfg.path, lambda: fs.glob(root, detail=True))
     else:
-        raise ManifestError(f"input.path={cfg.path!r} does not exist")
+        # One info() instead of isdir()/exists(): those answer False when the request itself
+        # fails, which would call a throttled manifest missing (exit 2, "fix it first").
+        try:
+            info = storage_retry.call("manifest_list", cfg.path, lambda: fs.info(root))
+        except Exception as e:
+            if storage_retry.is_missing(e):
+                raise ManifestError(f"input.path={cfg.path!r} does not exist") from None
+            raise
+        if info.get("type") == "directory":
+            found = storage_retry.call("manifest_list", cfg.path, lambda: fs.find(root, detail=True))
+            infos = {p: i for p, i in found.items() if _is_manifest(p)}
+        else:
+            infos = {root: info}
     infos = {p: i for p, i in infos.items() if i.get("type") != "directory"}
     if not infos:
         raise ManifestError(f"input.path={cfg.path!r} matches no manifest files")
@@ -233,10 +249,31 @@ def _parquet_records(f, split: dict[str, Any], columns: list[str]) -> Iterator[t
                 n += 1
 
 
-def split_rows(fs: Any, split: dict[str, Any], cfg: InputConfig) -> Iterator[tuple[int, int, ManifestRow]]:
-    """(record number, line number, row) for the records of a split's shards, in file order."""
+def split_rows(
+    fs: Any, split: dict[str, Any], cfg: InputConfig, op: str = "manifest_read"
+) -> Iterator[tuple[int, int, ManifestRow]]:
+    """(record number, line number, row) for the records of a split's shards, in file order,
+    each exactly once. A transient storage error reopens the file and goes on after the last
+    record yielded; the attempts count from the last record that got through, so a long
+    read survives many spread-out errors but not a store that stays down. Anything else,
+    or attempts used up, is raised: rows are never skipped."""
     lo = min(s["row_start"] for s in split["shards"])
     hi = max(s["row_start"] + s["rows"] for s in split["shards"])
+    attempts = storage_retry.Attempts(op, f"{split['path']} (records {lo}-{hi - 1})")
+    after = None
+    while True:
+        try:
+            for n, line_no, row in _split_rows(fs, split, cfg, lo, hi, after):
+                yield n, line_no, row
+                after = n
+                attempts.progressed()
+            return
+        except Exception as e:
+            if not attempts.retry(e):
+                raise
+
+
+def _split_rows(fs: Any, split: dict[str, Any], cfg: InputConfig, lo: int, hi: int, after: int | None):
     path, fmt = split["path"], split["fmt"]
     with fs.open(path, "rb", compression=split["compression"]) as f:
         if fmt == "jsonl":
@@ -254,10 +291,12 @@ def split_rows(fs: Any, split: dict[str, Any], cfg: InputConfig) -> Iterator[tup
             columns = [cfg.id_column, cfg.image_column, cfg.video_column, cfg.question_column,
                        cfg.start_column, cfg.end_column, *cfg.passthrough]  # fmt: skip
             records = _parquet_records(f, split, columns)
+        last = lo - 1
         for n, line_no, rec in records:
             if n >= hi:
                 return
-            if n < lo:
+            last = n
+            if n < lo or (after is not None and n <= after):
                 continue
             fallback = f"{path}#{line_no}"  # a stable id for rows that have none
             if fmt == "jsonl":
@@ -266,6 +305,12 @@ def split_rows(fs: Any, split: dict[str, Any], cfg: InputConfig) -> Iterator[tup
                 yield n, line_no, ManifestRow(id=fallback, error=rec)
             else:
                 yield n, line_no, parse_row(rec, cfg, fallback)
+        if last < hi - 1:
+            # Fewer records than the plan counted: a cut read nothing below noticed, or a file
+            # changed since it was planned. Either way the missing rows must not pass unseen.
+            raise storage_retry.ShortRead(
+                f"{path}: the read ended after record {last}, the plan has records {lo}-{hi - 1}"
+            )
 
 
 def read_manifest(cfg: InputConfig) -> list[ManifestRow]:

@@ -14,6 +14,7 @@ exactly the results.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
@@ -25,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from internvl_batch import storage_retry
 from internvl_batch.status import Status
 
 LEDGER = "_ledger"
@@ -54,7 +56,7 @@ class OutputDir:
         self.url = path
         self.fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
         self.root = root.rstrip("/")
-        self.fs.makedirs(self.root, exist_ok=True)
+        storage_retry.call("output_write", self.url, lambda: self.fs.makedirs(self.root, exist_ok=True))
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.local = "file" in protocols or "local" in protocols
 
@@ -63,34 +65,56 @@ class OutputDir:
 
     # -- files ------------------------------------------------------------------------
     def part_files(self, shard: str | None = None) -> list[str]:
-        return sorted(self.fs.glob(self.path(f"part-{shard + '-' if shard else ''}*.parquet")))
+        pattern = self.path(f"part-{shard + '-' if shard else ''}*.parquet")
+        return sorted(storage_retry.call("output_list", pattern, lambda: self.fs.glob(pattern)))
 
     def write_atomic(self, name: str, data: pa.Table | bytes, metadata: dict[bytes, bytes] | None = None) -> str:
-        """Object stores publish an object only when its upload completes; on a local or
-        POSIX filesystem we write a dot-file (which readers skip) and rename it."""
+        """The whole object under its final name, or nothing; safe to repeat, so transient
+        errors are retried (internvl_batch/storage_retry.py). Object stores publish an object
+        only when its upload completes; on a local or POSIX filesystem we write a dot-file
+        (which readers skip) and rename it.
+
+        The bytes are made before the first attempt and sent in one call: fsspec's file
+        objects upload what they hold when closed, even when the `with` body raised, and a
+        multipart upload whose middle part failed would then complete without it."""
+        if not isinstance(data, bytes):
+            buf = io.BytesIO()
+            pq.write_table(data.replace_schema_metadata({**(data.schema.metadata or {}), **(metadata or {})}), buf)
+            data = buf.getvalue()
         final = self.path(name)
+        if not self.local:
+            storage_retry.call("output_write", final, lambda: self.fs.pipe_file(final, data))
+            return final
         head, _, base = name.rpartition("/")
-        target = self.path(f"{head + '/' if head else ''}.{base}.tmp") if self.local else final
-        if self.local and head:
-            self.fs.makedirs(self.path(head), exist_ok=True)
-        with self.fs.open(target, "wb") as f:
-            if isinstance(data, bytes):
-                f.write(data)
-            else:
-                table = data.replace_schema_metadata({**(data.schema.metadata or {}), **(metadata or {})})
-                pq.write_table(table, f)
-        if target != final:
-            self.fs.mv(target, final)
+        tmp = self.path(f"{head + '/' if head else ''}.{base}.tmp")
+
+        def write() -> None:
+            if head:
+                self.fs.makedirs(self.path(head), exist_ok=True)
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, final)
+
+        storage_retry.call("output_write", final, write)
         return final
 
     def write_json(self, name: str, obj: Any) -> None:
         self.write_atomic(name, json.dumps(obj, indent=1, sort_keys=True).encode())
 
     def read_json(self, name: str) -> Any | None:
+        """None when it does not exist; a transient error is retried, never taken for "missing"."""
+        path = self.path(name)
         try:
-            return json.loads(self.fs.cat_file(self.path(name)))
-        except FileNotFoundError:
-            return None
+            data = storage_retry.call("output_read", path, lambda: self.fs.cat_file(path))
+        except Exception as e:
+            if storage_retry.is_missing(e):
+                return None
+            raise
+        return json.loads(data)
+
+    def read_table(self, name: str, **kwargs: Any) -> pa.Table:
+        """A parquet file under the output (pq.read_table's columns, filters ...), retried."""
+        path = self.path(name)
+        return storage_retry.call("output_read", path, lambda: pq.read_table(path, filesystem=self.fs, **kwargs))
 
     def read_jsons(self, names: list[str]) -> dict[str, Any]:
         """Many small files at once (object stores: concurrent requests)."""
@@ -100,13 +124,19 @@ class OutputDir:
             return dict(zip(names, pool.map(self.read_json, names)))
 
     def remove(self, paths: list[str]) -> None:
+        """Remove these files; one already gone is fine. No exists() first: s3fs answers
+        False when the check itself fails, which would keep a file that must go."""
         for p in paths:
-            if self.fs.exists(p):
-                self.fs.rm(p)
+            try:
+                storage_retry.call("output_remove", p, lambda p=p: self.fs.rm(p))
+            except Exception as e:
+                if not storage_retry.is_missing(e):
+                    raise
 
     # -- the ledger -------------------------------------------------------------------
     def ledger_ids(self) -> list[str]:
-        found = self.fs.glob(self.path(f"{LEDGER}/*.json"))
+        pattern = self.path(f"{LEDGER}/*.json")
+        found = storage_retry.call("output_list", pattern, lambda: self.fs.glob(pattern))
         return sorted(p.rsplit("/", 1)[-1][: -len(".json")] for p in found)
 
     def read_ledger(self, shard_ids: list[str]) -> dict[str, dict]:
@@ -129,8 +159,7 @@ class OutputDir:
         """(row, task, status, run_id, file, pos) of every row in the shard's parts."""
         tables = []
         for path in self.part_files(shard):
-            with self.fs.open(path, "rb") as f:
-                t = pq.read_table(f, columns=_KEY_COLUMNS)
+            t = self._read_part(path, pq.read_table, columns=_KEY_COLUMNS)
             n = t.num_rows
             t = t.append_column("file", pa.array([path] * n, pa.string()))
             tables.append(t.append_column("pos", pa.array(np.arange(n), pa.int64())))
@@ -141,11 +170,17 @@ class OutputDir:
             )  # fmt: skip
         return pa.concat_tables(tables)
 
+    def _read_part(self, path: str, read: Any, **kwargs: Any) -> Any:
+        def attempt() -> Any:
+            with self.fs.open(path, "rb") as f:
+                return read(f, **kwargs)
+
+        return storage_retry.call("output_read", path, attempt)
+
     def part_checksums(self, shard: str) -> set[str]:
         sums = set()
         for path in self.part_files(shard):
-            with self.fs.open(path, "rb") as f:
-                meta = pq.read_schema(f).metadata or {}
+            meta = self._read_part(path, pq.read_schema).metadata or {}
             sums.add(meta.get(CHECKSUM_KEY, b"").decode())
         return sums
 
@@ -167,13 +202,12 @@ class OutputDir:
         losers = ranked.filter(pa.array(loser))
         for path in set(losers["file"].to_pylist()):
             drop = pc.filter(losers["pos"], pc.equal(losers["file"], path)).to_numpy()
-            with self.fs.open(path, "rb") as f:
-                table = pq.read_table(f)
+            table = self._read_part(path, pq.read_table)
             kept = table.filter(pa.array(~np.isin(np.arange(table.num_rows), drop)))
             if kept.num_rows:
                 self.write_atomic(path.rsplit("/", 1)[-1], kept)  # the schema keeps its checksum metadata
             else:
-                self.fs.rm(path)
+                self.remove([path])
         return int(loser.sum()), ranked.filter(pa.array(~loser)).drop_columns(["ok"])
 
     # -- the marker -------------------------------------------------------------------

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from internvl_batch import storage_retry
 from internvl_batch.config import JobConfig
 from internvl_batch.job.manifest import ManifestError, list_files, split_of
 from internvl_batch.job.output import STATE, OutputDir, shard_of_part, status_counts
@@ -65,12 +66,14 @@ def _file_plan_name(file: ManifestFile) -> str:
     return f"{STATE}/files/{file.key}.json"
 
 
-def _plan_one(args: tuple) -> list[dict]:
+def _plan_one(args: tuple) -> dict[str, Any]:
+    """One file's shards, and the storage retries it took (a Ray task: the driver adds them up)."""
     fs_spec, file, shard_rows, prefix_rows = args
     import fsspec
 
     fs, _ = fsspec.core.url_to_fs(fs_spec[0], **fs_spec[1])
-    return [s.to_dict() for s in plan_file(fs, file, shard_rows, prefix_rows)]
+    shards = [s.to_dict() for s in plan_file(fs, file, shard_rows, prefix_rows)]
+    return {"shards": shards, "counters": storage_retry.drain()}
 
 
 def _check_settings(out: OutputDir, cfg: JobConfig, write: bool) -> None:
@@ -112,7 +115,9 @@ def _shards_of_files(
         log.info("plan: reading %d manifest file(s) to cut shards", len(stale))
         fs_spec = (cfg.input.path, cfg.input.storage_options)
         jobs = [(fs_spec, f, shard_rows, prefix) for f, prefix in stale]
-        for (f, _), shards in zip(stale, mapper(_plan_one, jobs)):
+        for (f, _), planned in zip(stale, mapper(_plan_one, jobs)):
+            storage_retry.record(planned["counters"])
+            shards = planned["shards"]
             per_file[f.path] = [Shard.from_dict(d) for d in shards]
             if write:
                 plan = {"fingerprint": f.fingerprint, "shard_rows": shard_rows, "shards": shards}

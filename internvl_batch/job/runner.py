@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -17,10 +18,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
+from internvl_batch import storage_retry
 from internvl_batch.config import JobConfig
+from internvl_batch.config.redact import is_secret_name, redact_text, redact_values, redacted, secret_values
 from internvl_batch.engines.vllm.occupancy import combine
 from internvl_batch.job.dedup import find_duplicates, plan_key
 from internvl_batch.job.monitor import JobFailed, stalled_stage, start_monitor
@@ -28,6 +28,10 @@ from internvl_batch.job.output import STATE, OutputDir, new_run_id
 from internvl_batch.job.plan import Plan, make_plan, read_splits
 from internvl_batch.job.records import output_schema
 from internvl_batch.job.sink import ShardSink
+from internvl_batch.observe import metrics
+from internvl_batch.observe.progress import Progress
+from internvl_batch.observe.report import write_report
+from internvl_batch.observe.timeline import Timeline
 
 log = logging.getLogger("internvl_batch")
 
@@ -49,35 +53,28 @@ class RunSummary:
     stage_ms: dict[str, float] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    prompt_tokens_per_s: float = 0.0
+    tiles_per_s: float = 0.0
+    resources: dict[str, Any] = field(default_factory=dict)  # replicas and GPUs: what `plan` scales rates by
 
     @property
     def todo_rows(self) -> int:
         return self.plan.get("rows_x_tasks_to_do", 0)
 
 
-class _Progress:
-    def __init__(self, total: int, interval_s: float):
-        self.total, self.interval_s = total, interval_s
-        self.start = self.last = time.monotonic()
-        self.rows = self.tokens = 0
-        self.counts: Counter = Counter()
-        self.stage_ms: Counter = Counter()
-
-    def update(self, batch: pa.Table) -> None:
-        self.rows += batch.num_rows
-        for r in pc.value_counts(batch["status"]).to_pylist():
-            self.counts[r["values"]] += r["counts"]
-        self.tokens += pc.sum(batch["num_output_tokens"]).as_py() or 0
-        self.stage_ms["preprocess"] += pc.sum(batch["preprocess_ms"]).as_py() or 0.0
-        self.stage_ms["engine"] += pc.sum(batch["engine_ms"]).as_py() or 0.0
-
-    def maybe_log(self, open_shards: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= self.interval_s:
-            self.last = now
-            elapsed = now - self.start
-            log.info("progress: %d/%d rows x tasks, %.2f/s, %.1f output tok/s, %d shard(s) open, %s", self.rows,
-                     self.total, self.rows / elapsed, self.tokens / elapsed, open_shards, dict(self.counts))  # fmt: skip
+def scrub(text: str, cfg: JobConfig | None = None) -> str:
+    """`text` fit for a log line, a message or a report: URLs redacted, and every credential
+    the config's storage options or this process's environment hold replaced (an exception
+    from a storage SDK or a worker's traceback may quote anything)."""
+    secrets = []
+    if cfg is not None:
+        # Where credentials live.
+        options = [cfg.input.storage_options, cfg.output.storage_options, cfg.preprocess.fetch.storage_options,
+                   cfg.model.storage_options, cfg.model.engine_kwargs]  # fmt: skip
+        secrets = secret_values(options)
+    # Long values only: XDG_SESSION_CLASS=user must not turn every "user" into REDACTED.
+    secrets += [v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= 8]
+    return redact_values(redact_text(text), secrets)
 
 
 def _ray_mapper(ray, num_cpus: float):
@@ -126,7 +123,7 @@ def _stage_args(cfg: JobConfig, out: OutputDir, run_id: str, duplicates: str | N
     }
 
 
-def execute(ray, cfg: JobConfig, plan: Plan, sink: ShardSink, progress: _Progress, stages, args, monitor) -> None:
+def execute(ray, cfg: JobConfig, plan: Plan, sink: ShardSink, progress: Progress, stages, args, monitor) -> None:
     """Stream results into the sink; fail fast (never hang) on a dead engine or a stall."""
     from internvl_batch.job.pipeline import build_dataset
 
@@ -153,9 +150,8 @@ def execute(ray, cfg: JobConfig, plan: Plan, sink: ShardSink, progress: _Progres
         if isinstance(item, BaseException):
             snap = _snapshot(ray, monitor)
             cause = snap.get("fatal") or snap.get("last_engine_failure")
-            raise JobFailed(
-                f"the pipeline failed: {type(item).__name__}: {item}" + (f" (cause: {cause})" if cause else "")
-            )
+            failure = f"the pipeline failed: {type(item).__name__}: {item}" + (f" (cause: {cause})" if cause else "")
+            raise JobFailed(scrub(failure, cfg))
         now = time.monotonic()
         if item is not None:
             sink.add(item)
@@ -167,8 +163,9 @@ def execute(ray, cfg: JobConfig, plan: Plan, sink: ShardSink, progress: _Progres
         if now - last_poll >= _POLL_S:
             last_poll = now
             snap = _snapshot(ray, monitor)
+            progress.observe(snap)
             if snap.get("fatal"):
-                raise JobFailed(snap["fatal"])
+                raise JobFailed(scrub(snap["fatal"], cfg))
             if now - last_output > cfg.runtime.stall_timeout_s:
                 stage = stalled_stage(snap) if "stages" in snap else "unknown"
                 raise JobFailed(
@@ -211,6 +208,7 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
     from internvl_batch.job.pipeline import init_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    storage_retry.drain()  # this process's counts from before this run are not this run's
     tasks = [t.name for t in cfg.task]
     out = OutputDir(cfg.output.path, cfg.output.storage_options)
     ray = init_ray(cfg)
@@ -228,9 +226,10 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
     schema = output_schema(cfg.input.passthrough)
     sink = ShardSink(out, schema, summary.run_id, tasks, plan.todo, cfg.output.rows_per_file,
                      cfg.output.flush_interval_s)  # fmt: skip
-    progress = _Progress(plan.pairs_todo, cfg.runtime.progress_interval_s)
+    progress = Progress(plan.pairs_todo, cfg.runtime.progress_interval_s, Timeline(out, summary.run_id))
     monitor_name = f"internvl-batch-monitor-{summary.run_id}"
     monitor = start_monitor(ray, monitor_name, cfg.runtime.max_engine_restarts)
+    log.info("metrics (Prometheus, ray_internvl_*): %s", " ".join(metrics.endpoints(ray)[:4]) or "no metrics agent")
     try:
         if plan.todo:
             args = _stage_args(cfg, out, summary.run_id, duplicates, monitor_name)
@@ -239,19 +238,33 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
         sink.flush_all()  # what arrived is kept: a rerun resumes from it
         snap = _snapshot(ray, monitor)
         ray.kill(monitor)
+        progress.observe(snap)
+        progress.close()
     wall = time.monotonic() - progress.start
     summary.written_this_run = sink.written
     summary.wall_s = round(wall, 2)
     summary.rows_per_s = round(sink.written / wall, 3) if wall else 0.0
     summary.output_tokens_per_s = round(progress.tokens / wall, 2) if wall else 0.0
+    summary.prompt_tokens_per_s = round(progress.prompt_tokens / wall, 2) if wall else 0.0
+    summary.tiles_per_s = round(progress.tiles / wall, 2) if wall else 0.0
+    summary.resources = {"model": cfg.model.path, "replicas": cfg.runtime.replicas,
+                         "gpus_per_replica": cfg.model.tensor_parallel_size if cfg.runtime.use_gpu else 0}  # fmt: skip
     summary.stage_ms = {k: round(v, 1) for k, v in progress.stage_ms.items()}
     summary.engine = {**combine(list(snap.get("replicas", {}).values())), "failures": snap.get("engine_failures", 0)}
-    summary.counters = {**snap.get("counters", {}), "duplicate_results_dropped": sink.duplicates_dropped}
     summary.status_counts, bad = verify(out, plan, tasks)
+    # Storage retries: the workers' (through the monitor) plus the driver's and its tasks'.
+    workers, driver = snap.get("counters", {}), storage_retry.drain()
+    summary.counters = {k: workers.get(k, 0) + driver.get(k, 0) for k in sorted(workers.keys() | driver.keys())}
+    summary.counters["duplicate_results_dropped"] = sink.duplicates_dropped
     if bad or sink.unfinished():
         log.error("output incomplete: %d shard(s) not complete (e.g. %s); rerun to resume", len(bad), bad[:3])
         return summary
     summary.finished = True
-    out.write_success(asdict(summary))
-    log.info("finished: %s", json.dumps(asdict(summary)))
+    report = redacted(asdict(summary))  # holds no config today; must never carry a credential
+    try:  # before the marker, which stays the last file written
+        log.info("report: %s", write_report(out, report))
+    except Exception:  # an aid: the run's output is complete without it
+        log.exception("could not write the run report")
+    out.write_success(report)
+    log.info("finished: %s", json.dumps(report))
     return summary

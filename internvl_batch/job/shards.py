@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from internvl_batch import storage_retry
+
 _CHUNK = 16 * 1024 * 1024
 
 
@@ -34,6 +36,12 @@ class ManifestFile:
     def key(self) -> str:
         """Stable across reruns and independent of the other files (unlike a position)."""
         return hashlib.sha1(self.path.encode()).hexdigest()[:12]
+
+    @property
+    def size(self) -> int | None:
+        """Bytes at listing time (the fingerprint starts with them), None when the store gave none."""
+        head = self.fingerprint.split(":", 1)[0]
+        return int(head) if head.isdigit() else None
 
     @property
     def seekable(self) -> bool:
@@ -86,12 +94,22 @@ def shard_id(file: ManifestFile, index: int) -> str:
 def plan_file(fs: Any, file: ManifestFile, shard_rows: int, prefix_rows: dict[int, int] | None = None) -> list[Shard]:
     """Every shard of one file. `prefix_rows` (shard index -> rows an earlier run processed)
     asks for the checksum of those first rows too, so a shard that only grew is told
-    apart from one that changed."""
+    apart from one that changed. Transient storage errors are retried (a whole new read)."""
+    return storage_retry.call("manifest_plan", file.path, lambda: _plan_file(fs, file, shard_rows, prefix_rows))
+
+
+def _plan_file(fs: Any, file: ManifestFile, shard_rows: int, prefix_rows: dict[int, int] | None) -> list[Shard]:
     if file.fmt == "parquet":
         return _plan_parquet(fs, file, shard_rows)
     scan = _scan_jsonl if file.fmt == "jsonl" else _scan_csv
     with fs.open(file.path, "rb", compression=file.compression) as f:
-        return list(_shards(file, scan(f), shard_rows, prefix_rows or {}))
+        shards = list(_shards(file, scan(f), shard_rows, prefix_rows or {}))
+        # JSONL only: the CSV scanner's text wrapper closes the file when it is done with it.
+        read = f.tell() if file.fmt == "jsonl" and file.compression is None else None
+    if read is not None and file.size is not None and read < file.size:
+        # A plan cut short would leave the rest of the file out of the job, silently.
+        raise storage_retry.ShortRead(f"{file.path}: read {read} of its {file.size} bytes")
+    return shards
 
 
 def _shards(file: ManifestFile, records: Iterator[tuple[int, int, int, bytes]], shard_rows: int, prefix_rows):

@@ -12,7 +12,6 @@ URLs may not reach loopback, private, link-local or other non-public addresses u
 
 import functools
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -321,10 +320,9 @@ class Fetcher:
         return data
 
     def _backoff_s(self, attempt: int) -> float:
-        """Delay after failed attempt `attempt` (1-based): exponential, capped, half of it jittered."""
-        cap = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (attempt - 1))
-        # Jitter spreads out workers that were throttled together; the fixed half keeps the backoff real.
-        return cap / 2 + random.uniform(0, cap / 2)
+        from internvl_batch.storage_retry import backoff_s
+
+        return backoff_s(attempt, self.config.backoff_initial_s, self.config.backoff_max_s)
 
 
 async def _stream_http(fs: Any, url: str, limit: int) -> bytes:

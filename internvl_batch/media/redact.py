@@ -36,11 +36,13 @@ SECRET_WORDS = frozenset(
         "authorization",
         "apikey",
         "cookie",
-        "private",
     }
 )
 # Whole names that are credentials although no word of theirs says so.
 SECRET_NAMES = frozenset({"googleaccessid", "policy", "connection_string", "connectionstring", "sas"})
+# Whole names whose words read as secret but are not: the shell's working directories, and
+# the allow-list of in-cluster hosts (masking it would hide every URL of such a store).
+PUBLIC_NAMES = frozenset({"pwd", "oldpwd", "allowed_private_hosts"})
 
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
 _URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
@@ -52,9 +54,14 @@ _AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
 
 def is_secret_name(name: str) -> bool:
     """Whether a key or parameter called `name` holds a credential."""
-    if name.lower().replace("-", "_") in SECRET_NAMES:
+    plain = name.lower().replace("-", "_")
+    if plain in PUBLIC_NAMES:
+        return False
+    if plain in SECRET_NAMES:
         return True
-    return any(word.lower() in SECRET_WORDS for word in _WORDS.findall(name))
+    words = [w.lower() for w in _WORDS.findall(name)]
+    # "private" alone is a word of many settings; a private key is a credential.
+    return any(w in SECRET_WORDS for w in words) or any(a == "private" and b == "key" for a, b in zip(words, words[1:]))
 
 
 def redact_url(url: str) -> str:

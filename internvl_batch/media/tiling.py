@@ -89,7 +89,7 @@ def split_tile_budget(n_images: int, max_num_total: int) -> list[int]:
 
 
 def tile_image(
-    img: Image.Image,
+    img: Image.Image | np.ndarray,
     *,
     image_size: int = IMAGE_SIZE,
     max_num: int = 12,
@@ -98,25 +98,17 @@ def tile_image(
 ) -> np.ndarray:
     """The card's `dynamic_preprocess(img, ...)` as one uint8 (T, S, S, 3) array.
 
-    `img` must already be RGB (the card converts before tiling; so do our callers).
+    `img` is an RGB Pillow image (the card converts before tiling; so do our callers) or
+    an (H, W, 3) uint8 RGB array, e.g. a decoded video frame.
     """
-    if img.mode != "RGB":
+    if isinstance(img, np.ndarray):
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"expected (H, W, 3) uint8 pixels, got {img.dtype} {img.shape}")
+        src: Rows = ArrayRows(np.ascontiguousarray(img))
+    elif img.mode != "RGB":
         raise ValueError(f"tiling expects an RGB image, got mode {img.mode!r}")
-    return _tile(PillowRows(img), image_size, max_num, min_num, use_thumbnail)
-
-
-def tile_array(
-    pixels: np.ndarray,
-    *,
-    image_size: int = IMAGE_SIZE,
-    max_num: int = 12,
-    min_num: int = 1,
-    use_thumbnail: bool = True,
-) -> np.ndarray:
-    """`tile_image` for an (H, W, 3) uint8 RGB array, e.g. a decoded video frame."""
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.dtype} {pixels.shape}")
-    src = ArrayRows(np.ascontiguousarray(pixels))
+    else:
+        src = PillowRows(img)
     return _tile(src, image_size, max_num, min_num, use_thumbnail)
 
 

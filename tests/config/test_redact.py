@@ -26,7 +26,7 @@ ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
     ["key", "secret", "token", "aws_secret_access_key", "aws_session_token", "AWS_ACCESS_KEY_ID", "password",
      "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "Signature", "sig", "GoogleAccessId",
      "X-Goog-Signature", "access_token", "apiKey", "api_key", "Authorization", "client_secret", "private_key",
-     "sas_token", "connection_string", "account_key", "Key-Pair-Id", "Policy"],
+     "sas_token", "connection_string", "account_key", "Key-Pair-Id", "Policy", "PRIVATE_KEY_PEM", "privateKey"],
 )  # fmt: skip
 def test_credential_names(name):
     assert is_secret_name(name)
@@ -35,7 +35,8 @@ def test_credential_names(name):
 @pytest.mark.parametrize(
     "name",
     ["max_tokens", "num_output_tokens", "keyframe", "id_column", "endpoint_url", "region_name", "author",
-     "X-Amz-Date", "X-Amz-Expires", "X-Amz-Algorithm", "Expires", "sv", "se", "anon", "max_bytes", "monkey"],
+     "X-Amz-Date", "X-Amz-Expires", "X-Amz-Algorithm", "Expires", "sv", "se", "anon", "max_bytes", "monkey",
+     "PWD", "OLDPWD", "allowed_private_hosts", "private_network"],
 )  # fmt: skip
 def test_ordinary_names(name):
     assert not is_secret_name(name)

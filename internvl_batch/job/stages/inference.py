@@ -27,6 +27,7 @@ from internvl_batch.job.monitor import MonitorClient
 from internvl_batch.job.records import output_schema, passthrough_field, tiles_from_bytes
 from internvl_batch.job.stages.base import AsyncStage, Batch
 from internvl_batch.model.prompts import build_prompt
+from internvl_batch.observe import metrics
 from internvl_batch.status import Status
 
 log = logging.getLogger("internvl_batch")
@@ -97,15 +98,21 @@ class InferenceStage(AsyncStage):
             done = iter(await run_requests(self.engine, requests))
         except EngineFatalError as e:
             self._die(str(e))
-        out = []
+        out, engine_ms = [], []
         for row, name, item in pending:
             if isinstance(item, EngineRequest):
                 res, ms = next(done)
+                engine_ms.append(ms)
                 out.append(self._output_row(row, name, res, ms))
             else:
                 out.append(self._output_row(row, name, item, None))
-        stats = getattr(self.engine, "occupancy", None)
-        self.monitor.batch_done(self.replica, len(out), stats.stats() if stats is not None else None)
+        occupancy = getattr(self.engine, "occupancy", None)
+        stats = occupancy.stats() if occupancy is not None else None
+        self.monitor.batch_done(self.replica, len(out), stats)
+        metrics.stage_rows(self.name, len(out))
+        metrics.observe_ms("engine", engine_ms)
+        if stats is not None:
+            metrics.engine_state(self.replica, stats, occupancy.running, occupancy.waiting)
         return pa.Table.from_pylist(out, schema=self.schema)
 
     def _die(self, cause: str) -> None:

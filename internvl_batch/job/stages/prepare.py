@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from internvl_batch.config import PreprocessConfig
 from internvl_batch.job.monitor import MonitorClient
@@ -19,8 +20,9 @@ from internvl_batch.job.stages.base import Batch, Stage
 from internvl_batch.media.decode import decode_image
 from internvl_batch.media.errors import MediaError
 from internvl_batch.media.fetch import Fetcher
-from internvl_batch.media.tiling import split_tile_budget, tile_array, tile_image
+from internvl_batch.media.tiling import split_tile_budget, tile_image
 from internvl_batch.media.video import sample_frames
+from internvl_batch.observe import metrics
 from internvl_batch.status import Status
 
 
@@ -32,13 +34,18 @@ class PrepareStage(Stage):
         self.schema = prepared_schema(passthrough)
         self.fetcher = Fetcher(cfg.fetch)
         self.monitor = MonitorClient(monitor)
+        self.timer = metrics.StepTimer()
 
     def _image_tiles(self, urls: list[str]) -> tuple[np.ndarray, list[int]]:
         budgets = [self.cfg.max_num] if len(urls) == 1 else split_tile_budget(len(urls), self.cfg.multi_image_max_num)
         tiles = []
         for url, max_num in zip(urls, budgets):
-            img = decode_image(self.fetcher.fetch(url), self.cfg.decode, source=url)
-            tiles.append(tile_image(img, max_num=max_num, use_thumbnail=self.cfg.use_thumbnail))
+            with self.timer("fetch"):
+                data = self.fetcher.fetch(url)
+            with self.timer("decode"):
+                img = decode_image(data, self.cfg.decode, source=url)
+            with self.timer("tile"):
+                tiles.append(tile_image(img, max_num=max_num, use_thumbnail=self.cfg.use_thumbnail))
         return np.concatenate(tiles), [len(t) for t in tiles]
 
     def _video_tiles(self, url: str, start: Any, end: Any) -> tuple[np.ndarray, list[int]]:
@@ -46,10 +53,13 @@ class PrepareStage(Stage):
         if start is not None or end is not None:
             # the card's own defaults for an open end
             bound = (-100000 if start is None else float(start), 100000 if end is None else float(end))
-        data = self.fetcher.fetch(url)
-        frames, _ = sample_frames(data, bound, self.cfg.video.num_segments, limits=self.cfg.video, name=url)
-        # each frame: one 448px tile, as the card's load_video(max_num=1)
-        tiles = [tile_array(f, max_num=1, use_thumbnail=self.cfg.use_thumbnail) for f in frames]
+        with self.timer("fetch"):
+            data = self.fetcher.fetch(url)
+        with self.timer("decode"):
+            frames, _ = sample_frames(data, bound, self.cfg.video.num_segments, limits=self.cfg.video, name=url)
+        with self.timer("tile"):
+            # each frame: one 448px tile, as the card's load_video(max_num=1)
+            tiles = [tile_image(f, max_num=1, use_thumbnail=self.cfg.use_thumbnail) for f in frames]
         return np.concatenate(tiles), [len(t) for t in tiles]
 
     def _one(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -72,5 +82,10 @@ class PrepareStage(Stage):
         table = pa.Table.from_pylist([{**r, **self._one(r)} for r in batch.to_pylist()], schema=self.schema)
         self.monitor.progress(self.name, table.num_rows)
         after = self.fetcher.stats.as_dict()
-        self.monitor.count({f"fetch_{k}": after[k] - before[k] for k in after if after[k] != before[k]})
+        tiles = int(pc.sum(pc.list_flatten(table["tiles_per_image"])).as_py() or 0)
+        counts = {f"fetch_{k}": after[k] - before[k] for k in after if after[k] != before[k]}
+        self.monitor.count({**counts, "tiles": tiles} if tiles else counts)
+        self.timer.flush()
+        metrics.stage_rows(self.name, table.num_rows)
+        metrics.tiles(tiles)
         return table

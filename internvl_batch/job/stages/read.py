@@ -15,12 +15,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from internvl_batch import storage_retry
 from internvl_batch.config import InputConfig
 from internvl_batch.job.manifest import split_rows
 from internvl_batch.job.monitor import MonitorClient
 from internvl_batch.job.output import OutputDir
 from internvl_batch.job.records import item_schema
 from internvl_batch.job.stages.base import Batch, Stage
+from internvl_batch.observe import metrics
 from internvl_batch.status import SETTLED
 
 
@@ -50,7 +52,10 @@ class ReadStage(Stage):
         for spec in batch["split"].to_pylist():
             for table in self._read(json.loads(spec)):
                 self.monitor.progress(self.name, table.num_rows)
+                metrics.stage_rows(self.name, table.num_rows)
+                self.monitor.count(storage_retry.drain())
                 yield table
+        self.monitor.count(storage_retry.drain())
 
     def _done_pairs(self, shard_id: str) -> set[tuple[int, str]]:
         """Pairs an earlier run already answered (only settled ones when retrying failures)."""
@@ -62,12 +67,7 @@ class ReadStage(Stage):
     def _duplicate_rows(self, shard_ids: list[str]) -> set[tuple[str, int]]:
         if not self.duplicates:
             return set()
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(
-            self.out.path(self.duplicates), filesystem=self.out.fs, columns=["shard", "row"],
-            filters=[("shard", "in", shard_ids)],
-        )  # fmt: skip
+        table = self.out.read_table(self.duplicates, columns=["shard", "row"], filters=[("shard", "in", shard_ids)])
         return set(zip(table["shard"].to_pylist(), table["row"].to_pylist()))
 
     def _read(self, split: dict[str, Any]) -> Iterator[pa.Table]:
