@@ -51,9 +51,9 @@ def load_video(
     import numpy as np
 
     from internvl_batch.media.normalize import to_pixel_values
-    from internvl_batch.media.tiling import tile_array
+    from internvl_batch.media.tiling import tile_image
     from internvl_batch.media.video import sample_frames
 
     frames, _ = sample_frames(source, bound=bound, num_segments=num_segments)
-    tiles = [tile_array(frame, image_size=input_size, max_num=max_num) for frame in frames]
+    tiles = [tile_image(frame, image_size=input_size, max_num=max_num) for frame in frames]
     return to_pixel_values(np.concatenate(tiles)), [len(t) for t in tiles]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -141,3 +141,36 @@ async def run_requests(engine: Engine, requests: Sequence[EngineRequest]) -> lis
         for t in tasks:
             t.cancel()  # what is still queued in the engine is aborted
         raise
+
+
+class EngineBase:
+    """What both engines do the same way, as model.chat does it: the checkpoint's template,
+    tokenizer and stops (model/check.py), the refusal of requests the engine can't take,
+    and the answer text made from the generated tokens."""
+
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig, files: str | None = None):
+        from internvl_batch.model.check import inspect_model
+
+        self.model = model
+        self.default_sampling = sampling
+        self.checkpoint = inspect_model(model, files)
+        self.template = self.checkpoint.template
+
+    def sampling_for(self, req: EngineRequest) -> SamplingConfig:
+        return req.sampling or self.default_sampling
+
+    def refusal(self, req: EngineRequest, count_prompt_tokens: Callable[[], int]) -> EngineResult | None:
+        """The failed result of a request this engine can't take, or None; the prompt is
+        tokenized only for a request that passed the cheaper checks."""
+        return check_request(req, self.model) or context_overflow(req, count_prompt_tokens(), self.model.max_model_len)
+
+    def stop_ids(self, vocab: dict[str, int], req: EngineRequest) -> list[int]:
+        return request_stop_token_ids(vocab, req.prompt, self.model.extra_stop_tokens)
+
+    def answer(self, req: EngineRequest, token_ids: Sequence[int]) -> str:
+        """model.chat's answer from the tokens (model/answers.py), not an engine's streamed text."""
+        from internvl_batch.model.answers import answer_text
+
+        return answer_text(
+            self.checkpoint.tokenizer.decode, token_ids, req.prompt.template, self.sampling_for(req).stop
+        )

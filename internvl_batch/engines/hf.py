@@ -15,16 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from internvl_batch.engines.base import (
-    EngineRequest,
-    EngineResult,
-    check_request,
-    context_overflow,
-    request_stop_token_ids,
-)
+from internvl_batch.engines.base import EngineBase, EngineRequest, EngineResult
 from internvl_batch.engines.model_path import resolve_model_path
-from internvl_batch.model.answers import answer_text
-from internvl_batch.model.check import inspect_model
 from internvl_batch.model.prompts import IMG_CONTEXT
 from internvl_batch.model.tokenizer import load_tokenizer
 from internvl_batch.status import Status
@@ -83,17 +75,14 @@ def load_hf_model(model_dir: Path, dtype: str, image_token_id: int | None = None
     return model.eval()
 
 
-class HFEngine:
+class HFEngine(EngineBase):
     def __init__(self, model: ModelConfig, sampling: SamplingConfig):
         try:
             import transformers  # noqa: F401
         except ImportError as e:
             raise ImportError("the HF engine needs transformers and torch: pip install torch transformers") from e
-        self.model = model
-        self.default_sampling = sampling
         model_dir = _local_dir(resolve_model_path(model.path, model.download_dir, model.storage_options))
-        self.checkpoint = inspect_model(model, model_dir)
-        self.template = self.checkpoint.template
+        super().__init__(model, sampling, model_dir)
         self.tokenizer = self.checkpoint.tokenizer.tokenizer
         self._model = load_hf_model(model_dir, model.dtype, self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
 
@@ -105,18 +94,15 @@ class HFEngine:
 
         from internvl_batch.media.normalize import normalize_tiles
 
-        failed = check_request(req, self.model)
-        if failed is not None:
-            return failed
-        cfg = req.sampling or self.default_sampling
+        cfg = self.sampling_for(req)
         if cfg.json_schema is not None:
             return EngineResult.failed(
                 req.id, Status.ENGINE_ERROR, "the HF engine has no JSON-schema decoding; use vllm"
             )
         ids = self.checkpoint.tokenizer.encode_prompt(req.prompt.text)
-        overflow = context_overflow(req, len(ids), self.model.max_model_len)
-        if overflow is not None:
-            return overflow
+        failed = self.refusal(req, lambda: len(ids))
+        if failed is not None:
+            return failed
         inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
         if req.num_tiles:
             inputs["pixel_values"] = normalize_tiles(torch.from_numpy(req.tiles)).to(self._model.dtype)
@@ -124,7 +110,7 @@ class HFEngine:
         gen_kwargs = dict(
             max_new_tokens=min(cfg.max_tokens, self.model.max_model_len - len(ids)),
             do_sample=sampled,
-            eos_token_id=request_stop_token_ids(self.tokenizer.get_vocab(), req.prompt, self.model.extra_stop_tokens),
+            eos_token_id=self.stop_ids(self.tokenizer.get_vocab(), req),
             pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=cfg.repetition_penalty,
         )
@@ -139,7 +125,7 @@ class HFEngine:
         return EngineResult(
             id=req.id,
             status=Status.OK,
-            text=answer_text(self.checkpoint.tokenizer.decode, out, req.prompt.template, cfg.stop),
+            text=self.answer(req, out),
             finish_reason=finish,
             num_prompt_tokens=len(ids),
             num_output_tokens=len(out),

@@ -13,31 +13,37 @@ from __future__ import annotations
 import re
 from typing import Any
 
+# Per-layer modules of InternViT (original name -> transformers' name).
+_VISION_LAYER = {
+    "ls1$": "lambda_1", "ls2$": "lambda_2", "norm1.": "layernorm_before.", "norm2.": "layernorm_after.",
+    "attn.proj.": "attention.projection_layer.", "attn.q_norm.": "attention.q_norm.",
+    "attn.k_norm.": "attention.k_norm.", "mlp.": "mlp.",
+}  # fmt: skip
+# Per-layer modules of InternLM2, which transformers runs as Llama.
+_INTERNLM2_LAYER = {
+    "attention.wo.": "self_attn.o_proj.", "feed_forward.w1.": "mlp.gate_proj.", "feed_forward.w3.": "mlp.up_proj.",
+    "feed_forward.w2.": "mlp.down_proj.", "attention_norm.": "input_layernorm.",
+    "ffn_norm.": "post_attention_layernorm.",
+}  # fmt: skip
+
+
+def _layer_renames(prefix: str, target: str, modules: dict[str, str]) -> list[tuple[str, str]]:
+    return [(rf"^{re.escape(prefix)}(\d+)\.{re.escape(k.rstrip('$'))}{'$' if k.endswith('$') else ''}",
+             rf"{target}\1.{v}") for k, v in modules.items()]  # fmt: skip
+
+
 _RENAMES: list[tuple[str, str]] = [
     (r"^vision_model\.embeddings\.class_embedding$", "model.vision_tower.embeddings.cls_token"),
     (r"^vision_model\.embeddings\.position_embedding$", "model.vision_tower.embeddings.position_embeddings"),
     (r"^vision_model\.embeddings\.patch_embedding\.", "model.vision_tower.embeddings.patch_embeddings.projection."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.ls1$", r"model.vision_tower.encoder.layer.\1.lambda_1"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.ls2$", r"model.vision_tower.encoder.layer.\1.lambda_2"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.norm1\.", r"model.vision_tower.encoder.layer.\1.layernorm_before."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.norm2\.", r"model.vision_tower.encoder.layer.\1.layernorm_after."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.attn\.proj\.", r"model.vision_tower.encoder.layer.\1.attention.projection_layer."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.attn\.q_norm\.", r"model.vision_tower.encoder.layer.\1.attention.q_norm."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.attn\.k_norm\.", r"model.vision_tower.encoder.layer.\1.attention.k_norm."),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.", r"model.vision_tower.encoder.layer.\1.mlp."),
+    *_layer_renames("vision_model.encoder.layers.", "model.vision_tower.encoder.layer.", _VISION_LAYER),
     (r"^mlp1\.0\.", "model.multi_modal_projector.layer_norm."),
     (r"^mlp1\.1\.", "model.multi_modal_projector.linear_1."),
     (r"^mlp1\.3\.", "model.multi_modal_projector.linear_2."),
     (r"^language_model\.lm_head\.", "lm_head."),
-    # InternLM2 -> Llama
     (r"^language_model\.output\.", "lm_head."),
     (r"^language_model\.model\.tok_embeddings\.", "model.language_model.embed_tokens."),
-    (r"^language_model\.model\.layers\.(\d+)\.attention\.wo\.", r"model.language_model.layers.\1.self_attn.o_proj."),
-    (r"^language_model\.model\.layers\.(\d+)\.feed_forward\.w1\.", r"model.language_model.layers.\1.mlp.gate_proj."),
-    (r"^language_model\.model\.layers\.(\d+)\.feed_forward\.w3\.", r"model.language_model.layers.\1.mlp.up_proj."),
-    (r"^language_model\.model\.layers\.(\d+)\.feed_forward\.w2\.", r"model.language_model.layers.\1.mlp.down_proj."),
-    (r"^language_model\.model\.layers\.(\d+)\.attention_norm\.", r"model.language_model.layers.\1.input_layernorm."),
-    (r"^language_model\.model\.layers\.(\d+)\.ffn_norm\.", r"model.language_model.layers.\1.post_attention_layernorm."),
+    *_layer_renames("language_model.model.layers.", "model.language_model.layers.", _INTERNLM2_LAYER),
     (r"^language_model\.model\.", "model.language_model."),
 ]  # fmt: skip
 

@@ -15,7 +15,6 @@ from internvl_batch.media import resample
 from internvl_batch.media.tiling import (
     select_grid,
     split_tile_budget,
-    tile_array,
     tile_image,
 )
 from tests.support.images import gradient, noise
@@ -173,11 +172,11 @@ def test_tiles_match_card_after_rgb_conversion(mode: str) -> None:
     assert_same_tiles(img.convert("RGB"), max_num=6)
 
 
-def test_tile_array_equals_tile_image() -> None:
-    # tile_array takes packed RGB rows (video frames); tile_image reads Pillow's RGBX memory.
+def test_an_rgb_array_tiles_like_the_image() -> None:
+    # An array is read as packed RGB rows (video frames); an image from Pillow's RGBX memory.
     for size in ((160, 120), (400, 5000), (448, 900), (1024, 768)):
         img = noise(*size)
-        np.testing.assert_array_equal(tile_array(np.asarray(img), max_num=6), tile_image(img, max_num=6))
+        np.testing.assert_array_equal(tile_image(np.asarray(img), max_num=6), tile_image(img, max_num=6))
 
 
 def test_tile_image_rejects_non_rgb() -> None:

@@ -20,19 +20,10 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from internvl_batch.engines.base import (
-    EngineFatalError,
-    EngineRequest,
-    EngineResult,
-    check_request,
-    context_overflow,
-    request_stop_token_ids,
-)
+from internvl_batch.engines.base import EngineBase, EngineFatalError, EngineRequest, EngineResult
 from internvl_batch.engines.model_path import resolve_model_path
 from internvl_batch.engines.vllm.occupancy import Occupancy, logger_class
 from internvl_batch.engines.vllm.plugin import PRETILED_ARCHITECTURE
-from internvl_batch.model.answers import answer_text
-from internvl_batch.model.check import inspect_model
 from internvl_batch.model.prompts import IMAGE_PLACEHOLDER
 from internvl_batch.status import Status
 
@@ -61,20 +52,19 @@ def _is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, (torch.OutOfMemoryError, EngineDeadError))
 
 
+# ModelConfig fields that are vLLM engine arguments of the same name and meaning.
+_ENGINE_FIELDS = ("dtype", "tensor_parallel_size", "max_model_len", "max_num_seqs", "gpu_memory_utilization",
+                  "quantization", "trust_remote_code", "enforce_eager", "seed")  # fmt: skip
+# SamplingConfig fields that are vLLM sampling parameters of the same name and meaning.
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty", "seed")
+
+
 def engine_args(model: ModelConfig, tokenizer: str | None = None) -> dict[str, Any]:
     """`tokenizer`: a local stand-in for a remote-code tokenizer (model/tokenizer.py)."""
     path = resolve_model_path(model.path, model.download_dir, model.storage_options)
     kwargs = dict(
         model=path,
-        dtype=model.dtype,
-        tensor_parallel_size=model.tensor_parallel_size,
-        max_model_len=model.max_model_len,
-        max_num_seqs=model.max_num_seqs,
-        gpu_memory_utilization=model.gpu_memory_utilization,
-        quantization=model.quantization,
-        trust_remote_code=model.trust_remote_code,
-        enforce_eager=model.enforce_eager,
-        seed=model.seed,
+        **{k: getattr(model, k) for k in _ENGINE_FIELDS},
         limit_mm_per_prompt={"image": model.max_images_per_prompt},
         hf_overrides={"architectures": [PRETILED_ARCHITECTURE], "max_dynamic_patch": model.max_dynamic_patch},
         # vLLM files dict-of-tensor image items under "embeddings" and gates them behind
@@ -92,19 +82,15 @@ def engine_args(model: ModelConfig, tokenizer: str | None = None) -> dict[str, A
     return kwargs
 
 
-class VLLMEngine:
+class VLLMEngine(EngineBase):
     def __init__(self, model: ModelConfig, sampling: SamplingConfig):
         _import_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        self.model = model
-        self.default_sampling = sampling
         # Read by the CPU build only; sized from the config unless the operator set it.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model.cpu_kvcache_gib))
-        # Template, tokenizer and stop tokens, as model.chat uses them (model/check.py).
-        self.checkpoint = inspect_model(model)
-        self.template = self.checkpoint.template
+        super().__init__(model, sampling)
         self.occupancy = Occupancy(model.max_num_seqs)
         self._params: dict[tuple, tuple[Any, Any]] = {}
         self._loop = asyncio.new_event_loop()
@@ -143,25 +129,20 @@ class VLLMEngine:
 
     # -- sampling ---------------------------------------------------------------------
     def _stop_token_ids(self, req: EngineRequest) -> list[int]:
-        return request_stop_token_ids(self.tokenizer.get_vocab(), req.prompt, self.model.extra_stop_tokens)
+        return self.stop_ids(self.tokenizer.get_vocab(), req)
 
     def sampling_params(self, req: EngineRequest):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        cfg = req.sampling or self.default_sampling
+        cfg = self.sampling_for(req)
         key = (id(cfg), tuple(req.prompt.stop))
         if key not in self._params:
             structured = StructuredOutputsParams(json=cfg.json_schema) if cfg.json_schema else None
             self._params[key] = (
                 cfg,  # keeps id(cfg) from being reused while cached
                 SamplingParams(
-                    temperature=cfg.temperature,
-                    top_p=cfg.top_p,
-                    top_k=cfg.top_k,
-                    max_tokens=cfg.max_tokens,
-                    repetition_penalty=cfg.repetition_penalty,
-                    seed=cfg.seed,
+                    **{k: getattr(cfg, k) for k in _SAMPLING_FIELDS},
                     stop=list(cfg.stop) or None,
                     stop_token_ids=self._stop_token_ids(req),
                     # model.chat stops at the template separator only, not at the tokenizer's
@@ -195,11 +176,14 @@ class VLLMEngine:
 
     async def _one(self, req: EngineRequest, params=None) -> EngineResult:
         """One request, on the engine's loop."""
-        failed = check_request(req, self.model)
-        if failed is not None:
-            return failed
-        prompt_ids = self.checkpoint.tokenizer.prompt_ids(req.prompt)
-        failed = context_overflow(req, len(prompt_ids.ids), self.model.max_model_len)
+        prompt_ids = None
+
+        def count() -> int:
+            nonlocal prompt_ids
+            prompt_ids = self.checkpoint.tokenizer.prompt_ids(req.prompt)
+            return len(prompt_ids.ids)
+
+        failed = self.refusal(req, count)
         if failed is not None:
             return failed
         from vllm.v1.engine.exceptions import EngineGenerateError
@@ -238,17 +222,12 @@ class VLLMEngine:
         return EngineResult(
             id=req.id,
             status=Status.OK,
-            text=self._answer_text(req, completion.token_ids),
+            text=self.answer(req, completion.token_ids),
             finish_reason=completion.finish_reason,
             num_prompt_tokens=len(out.prompt_token_ids),
             num_output_tokens=len(completion.token_ids),
             token_ids=tuple(completion.token_ids),
         )
-
-    def _answer_text(self, req: EngineRequest, token_ids: Sequence[int]) -> str:
-        """model.chat's answer from the tokens (model/answers.py), not vLLM's streamed text."""
-        stop = (req.sampling or self.default_sampling).stop
-        return answer_text(self.checkpoint.tokenizer.decode, token_ids, req.prompt.template, stop)
 
     def prompt_token_ids(self, req: EngineRequest) -> list[int]:
         """The token ids vLLM built for a request's prompt (for fidelity tests)."""

@@ -5,11 +5,14 @@ A decode step costs about the same for 4 or 64 sequences, so a GPU is used well 
 every step runs a full batch, i.e. when vLLM's scheduler has requests waiting or runs
 `max_num_seqs` of them. vLLM reports (running, waiting) after every step to its stat
 loggers; we register one (`logger_class`) and sample the latest report every
-`interval_s` together with our own count of requests in flight (a scheduler with nothing
-in flight takes no steps, so its last report would look busy forever).
+`interval_s` together with our own count of requests in flight: a scheduler with nothing
+in flight takes no steps, so its last report would look busy forever, and during one long
+step (a prefill with many images) its last report is stale, while more requests in
+flight than `max_num_seqs` means some are waiting whatever the report says.
 
-`steady` is measured from the first request submitted to the last one: after that the
-queue drains by construction and the tail says nothing about feeding.
+`steady` runs from the first request submitted to the last moment work was still coming
+or waiting (a submission, or a sample with requests waiting): after that the queue only
+drains, by construction, and the tail says nothing about feeding.
 """
 
 from __future__ import annotations
@@ -66,8 +69,11 @@ class Occupancy:
         if self.in_flight:
             t.running += self.running
             t.waiting += self.waiting
-            if self.waiting > 0 or self.running >= self.max_num_seqs:
+            queued = self.waiting > 0 or self.in_flight > self.max_num_seqs
+            if queued or self.running >= self.max_num_seqs:
                 t.saturated += 1
+            if queued and self._at_first is not None:
+                self._at_last = _Counts(**vars(t))
 
     # -- read ------------------------------------------------------------------------
     def stats(self) -> dict[str, float | int]:
