@@ -219,10 +219,15 @@ class VLLMEngine(EngineBase):
 
     def _result(self, req: EngineRequest, out) -> EngineResult:
         completion = out.outputs[0]
+        answer_ids = completion.token_ids
+        # A JSON grammar may end on any EOS id of generation_config.json (Phi-3's
+        # <|assistant|>), which is no special token and would be decoded into the answer.
+        if completion.finish_reason == "stop" and answer_ids and completion.stop_reason in (None, answer_ids[-1]):
+            answer_ids = answer_ids[:-1]
         return EngineResult(
             id=req.id,
             status=Status.OK,
-            text=self.answer(req, completion.token_ids),
+            text=self.answer(req, answer_ids),
             finish_reason=completion.finish_reason,
             num_prompt_tokens=len(out.prompt_token_ids),
             num_output_tokens=len(completion.token_ids),
