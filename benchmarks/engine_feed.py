@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_NUM = 4
 
 
-def _config(model: str, manifest: Path, out: Path, max_num_seqs: int) -> dict:
+def _config(model: str, manifest: Path, out: Path, max_num_seqs: int, in_flight: int | None) -> dict:
     return {
         "input": {"path": str(manifest)},
         "model": {"path": model, "dtype": "float32", "max_model_len": 4096, "max_num_seqs": max_num_seqs,
@@ -42,8 +42,8 @@ def _config(model: str, manifest: Path, out: Path, max_num_seqs: int) -> dict:
             {"name": "long", "prompt": "Describe the image in detail.", "sampling": {"max_tokens": 128}},
         ],
         "runtime": {"use_gpu": False, "cpu_workers": 1, "cpus_per_worker": 0.5, "engine_cpus": 0.5,
-                    "preprocess_batch_size": 2, "engine_batch_size": 8, "engine_batches_in_flight": 4,
-                    "progress_interval_s": 1e9},
+                    "preprocess_batch_size": 2, "engine_batch_size": 8, "progress_interval_s": 1e9}
+                   | ({"engine_batches_in_flight": in_flight} if in_flight else {}),
         "output": {"path": str(out), "rows_per_file": 1000},
     }  # fmt: skip
 
@@ -118,6 +118,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--max-num-seqs", type=int, default=16)
+    ap.add_argument("--in-flight", type=int, help="runtime.engine_batches_in_flight (default: the job's)")
     ap.add_argument("--model", help="default: the tiny checkpoint, built on first use")
     args = ap.parse_args()
     if args.side:
@@ -137,7 +138,7 @@ def main() -> int:
     for run in range(args.runs):
         out = root / f"out-{run}"
         cfg_path = root / f"job-{run}.yaml"
-        cfg_path.write_text(yaml.safe_dump(_config(model, manifest, out, args.max_num_seqs)))
+        cfg_path.write_text(yaml.safe_dump(_config(model, manifest, out, args.max_num_seqs, args.in_flight)))
         bare = _run_side("bare", cfg_path)
         job = _run_side("job", cfg_path)
         ratios.append(bare["busy_s"] / job["busy_s"])

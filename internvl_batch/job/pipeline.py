@@ -27,7 +27,7 @@ def stage_resources(cfg: JobConfig) -> dict[str, StageResources]:
             num_gpus=cfg.model.tensor_parallel_size if rt.use_gpu else 0,
             concurrency=rt.replicas,
             batch_size=rt.engine_batch_size,
-            in_flight=rt.engine_batches_in_flight,
+            in_flight=cfg.engine_batches_in_flight(),
         ),
     }
 

@@ -347,3 +347,22 @@ def test_passthrough_clashing_with_output_columns_is_a_config_error():
     }
     with pytest.raises(ValueError, match="input.passthrough.*status"):
         JobConfig.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("max_num_seqs", "batch", "tasks", "explicit", "expected"),
+    [
+        (16, 8, 2, None, 8),  # benchmarks/engine_feed.py: 8 x 16 requests = 8 batches of 8 rows x 2 tasks
+        (128, 256, 1, None, 4),  # configs/nightly-caption.yaml: big batches, never fewer than 4
+        (64, 32, 1, None, 16),  # the defaults
+        (65, 32, 1, None, 17),  # rounded up, never below 8 x max_num_seqs requests
+        (16, 8, 2, 2, 2),  # an explicit value is taken as given
+    ],
+)
+def test_engine_batches_in_flight_cover_max_num_seqs(demo_data, max_num_seqs, batch, tasks, explicit, expected):
+    data = {**demo_data, "model": {**demo_data["model"], "max_num_seqs": max_num_seqs}}
+    data["runtime"] = {**data["runtime"], "engine_batch_size": batch}
+    if explicit:
+        data["runtime"]["engine_batches_in_flight"] = explicit
+    data["task"] = [{"name": f"t{i}", "preset": "short_caption"} for i in range(tasks)]
+    assert JobConfig.model_validate(data).engine_batches_in_flight() == expected

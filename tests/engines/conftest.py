@@ -1,5 +1,9 @@
+import uuid
+
+import fsspec
 import pytest
 
+from tests.engines.checkpoints import write_checkpoint
 from tests.support.engines import GREEDY_16, tiny_model_config
 
 
@@ -27,3 +31,21 @@ def twin_dirs(tmp_path_factory):
     from tests.support.families import twins
 
     return twins(tmp_path_factory)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A small checkpoint directory on disk: (its path, {file name: bytes})."""
+    root = tmp_path / "checkpoint"
+    root.mkdir()
+    return root, write_checkpoint(root)
+
+
+@pytest.fixture
+def memory_prefix():
+    """A model prefix in fsspec's in-memory object store (a real fsspec filesystem, shared by this process)."""
+    url = f"memory://models-{uuid.uuid4().hex[:8]}/InternVL2_5-8B"
+    yield url
+    fs, bucket = fsspec.filesystem("memory"), url.removeprefix("memory://").split("/")[0]
+    if fs.exists(bucket):
+        fs.rm(bucket, recursive=True)

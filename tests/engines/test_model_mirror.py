@@ -4,7 +4,6 @@ by another model; and what it writes is what resolve_model_path copies to a node
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import fsspec
@@ -22,19 +21,8 @@ def _env(monkeypatch):
 
 
 @pytest.fixture
-def checkpoint(tmp_path):
-    root = tmp_path / "checkpoint"
-    root.mkdir()
-    return root, write_checkpoint(root)
-
-
-@pytest.fixture
-def dest():
-    url = f"memory://mirrors-{uuid.uuid4().hex[:8]}/InternVL2_5-8B"
-    yield url
-    fs, bucket = fsspec.filesystem("memory"), url.removeprefix("memory://").split("/")[0]
-    if fs.exists(bucket):
-        fs.rm(bucket, recursive=True)
+def dest(memory_prefix):
+    return memory_prefix
 
 
 def _remote(url: str) -> dict[str, bytes]:

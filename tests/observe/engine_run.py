@@ -8,23 +8,8 @@ import json
 import socket
 import sys
 import time
-import urllib.request
-from collections import defaultdict
 
-
-def scrape(port: int) -> dict[str, dict[str, float]]:
-    """{sample name: {our labels as JSON: value summed over Ray's processes}}."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    found: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name.startswith("ray_internvl_"):
-                # Ray adds its own labels (Component, WorkerId, otel_*, ...); ours are lower case.
-                ours = {k: v for k, v in sorted(s.labels.items()) if k[0].islower() and not k.startswith("otel_")}
-                found[s.name][json.dumps(ours)] += s.value
-    return found
+from tests.support.prom import scrape
 
 
 def main(cfg_path: str, result_path: str) -> int:
@@ -47,12 +32,14 @@ def main(cfg_path: str, result_path: str) -> int:
         got = scrape(port)
         # The driver's figures (rows) and the engine actors' (latencies) arrive on their own schedules.
         rows = sum(got.get("ray_internvl_rows_total", {}).values())
-        engine = got.get("ray_internvl_latency_ms_count", {}).get(json.dumps({"step": "engine"}), 0)
+        engine = got.get("ray_internvl_latency_ms_count", {}).get((("step", "engine"),), 0)
         if rows == summary.written_this_run and engine == engine_rows:
             break
         time.sleep(2)
     with open(result_path, "w") as f:
-        json.dump({"finished": summary.finished, "metrics": got}, f)
+        # JSON keys: our labels as a JSON object
+        metrics = {name: {json.dumps(dict(k)): v for k, v in samples.items()} for name, samples in got.items()}
+        json.dump({"finished": summary.finished, "metrics": metrics}, f)
     ray.shutdown()
     return 0
 

@@ -2,32 +2,15 @@
 metrics endpoint, after tests/observe/conftest.py's real job."""
 
 import time
-import urllib.request
-from collections import defaultdict
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from internvl_batch.observe import metrics
+from tests.support.prom import scrape
 
 pytestmark = pytest.mark.slow  # a Ray cluster
-
-
-def _scrape(port: int) -> dict[str, dict[tuple, float]]:
-    """{sample name: {our labels (sorted items): value summed over Ray's processes}}."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    found: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name.startswith("ray_internvl_"):
-                # Ray adds its own labels (Component, WorkerId, ..., otel_*); ours are lower case.
-                ours = tuple(
-                    sorted((k, v) for k, v in s.labels.items() if k[0].islower() and not k.startswith("otel_"))
-                )
-                found[s.name][ours] += s.value
-    return found
 
 
 def _per_task(table, column: str) -> dict[tuple, float]:
@@ -58,7 +41,7 @@ def test_job_metrics_reach_the_ray_metrics_endpoint(observed_job, metrics_port):
     }
     deadline = time.monotonic() + 120  # Ray's agents export every few seconds
     while True:
-        got = _scrape(metrics_port)
+        got = scrape(metrics_port)
         wrong = {name: {k: (v, got.get(name, {}).get(k)) for k, v in want.items() if got.get(name, {}).get(k) != v}
                  for name, want in expected.items()}  # fmt: skip
         wrong = {k: v for k, v in wrong.items() if v}
