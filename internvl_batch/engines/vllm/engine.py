@@ -13,6 +13,7 @@ engine or out-of-memory raises `EngineFatalError` at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import uuid
@@ -82,6 +83,13 @@ def engine_args(model: ModelConfig, tokenizer: str | None = None) -> dict[str, A
     return kwargs
 
 
+async def _cancel_other_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class VLLMEngine(EngineBase):
     def __init__(self, model: ModelConfig, sampling: SamplingConfig):
         _import_vllm()
@@ -124,8 +132,15 @@ class VLLMEngine(EngineBase):
 
     def _stop_loop(self) -> None:
         if self._loop.is_running():
+            # Cancelled and awaited first: a stopped loop's pending tasks (our sampler, vLLM's
+            # output handler) would be reported as destroyed while pending at exit.
+            # A task that ignores cancellation must not keep shutdown() from returning.
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                self._call(_cancel_other_tasks()).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     # -- sampling ---------------------------------------------------------------------
     def _stop_token_ids(self, req: EngineRequest) -> list[int]:
