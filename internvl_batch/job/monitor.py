@@ -77,6 +77,11 @@ class JobMonitor:
                 f"(runtime.max_engine_restarts={self.max_engine_restarts}); last: {cause}"
             )
 
+    def stage_failed(self, stage: str, cause: str) -> None:
+        log.error("the %s stage failed: %s", stage, cause)
+        if self.fatal is None:
+            self.fatal = f"the {stage} stage failed: {cause}"
+
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
@@ -132,10 +137,19 @@ class MonitorClient:
             actor.engine_started.remote(replica)
 
     def engine_failed(self, replica: str, cause: str) -> None:
+        self._report("engine_failed", replica, cause)
+
+    def stage_failed(self, stage: str, cause: str) -> None:
+        """A failure that fails the job: reported before it is raised, because Ray Data's abort
+        can block on the other tasks of the stage (a reader held by backpressure) and never
+        reach the driver; the driver's poll sees this instead."""
+        self._report("stage_failed", stage, cause)
+
+    def _report(self, method: str, *args: str) -> None:
         if actor := self._get():
             import ray
 
             try:
-                ray.get(actor.engine_failed.remote(replica, cause), timeout=10)
-            except Exception:  # the report is best effort; the exit that follows is not
-                log.exception("could not report the engine failure to the job monitor")
+                ray.get(getattr(actor, method).remote(*args), timeout=10)
+            except Exception:  # the report is best effort; the raise or exit that follows is not
+                log.exception("could not report a failure to the job monitor")

@@ -127,3 +127,10 @@ def test_client_outside_a_job_does_nothing():
     c.count({"x": 1})
     c.engine_started("r")
     c.engine_failed("r", "boom")  # no actor, no Ray: silently nothing
+
+
+def test_a_stage_failure_is_fatal_at_once_and_the_first_cause_is_kept():
+    m = JobMonitor(3)
+    m.stage_failed("read", "PermissionError: Access Denied")
+    m.stage_failed("read", "a later echo of the abort")
+    assert m.snapshot()["fatal"] == "the read stage failed: PermissionError: Access Denied"

@@ -242,7 +242,7 @@ def test_a_split_read_that_fails_for_good_fails_the_job_and_the_rerun_skips_noth
     )
     # Every open is cut at byte 3000: the splits before it read whole, the one across it fails.
     refused = Fault("open", lambda: PermissionError(13, "Access Denied"), times=-1, after=3000)
-    with pytest.raises(JobFailed, match=r"(?s)the pipeline failed: .*PermissionError.*Access Denied"):
+    with pytest.raises(JobFailed, match=r"(?s)(the pipeline|the read stage) failed: .*PermissionError.*Access Denied"):
         run_job(JobConfig.model_validate(job), stages={**stand_in.STAGES, "read": reliability.flaky_read([refused])})
     assert not (out / "_SUCCESS").exists()
     before = _local_rows(out)  # what reached the sink before the failure, if anything
@@ -250,6 +250,19 @@ def test_a_split_read_that_fails_for_good_fails_the_job_and_the_rerun_skips_noth
     resumed = run_job(JobConfig.model_validate(job), stages=stand_in.STAGES)
     assert resumed.finished and resumed.written_this_run == 2 * len(ids) - len(before)
     _assert_exactly_once(_local_rows(out), _keys(ids))
+
+
+def test_a_reader_failure_fails_the_job_even_when_ray_data_never_delivers_it(tmp_path, ray_cluster):
+    """Ray Data's abort can block on a stage's other tasks (seen: a reader held by
+    backpressure) and never raise on the driver. The failing reader reports to the job
+    monitor first, so the job fails at the next poll, naming the cause, not at the stall
+    timeout. Here the failing reader blocks after its report, as Ray Data would."""
+    manifest, _ = _local_manifest(tmp_path)
+    job = _job(str(manifest), str(tmp_path / "out"), runtime={"stall_timeout_s": 600})
+    started = time.monotonic()
+    with pytest.raises(JobFailed, match=r"the read stage failed: OSError: disk on fire"):
+        run_job(JobConfig.model_validate(job), stages={**stand_in.STAGES, "read": reliability.BlockedAfterReport})
+    assert time.monotonic() - started < 120
 
 
 # -- the driver killed at the worst moments ----------------------------------------------------

@@ -6,6 +6,7 @@ Ray started before the test:
 
     measured_prepare(rss_dir)   the real PrepareStage; each worker writes its peak RSS (KiB)
     flaky_read(faults)          the real ReadStage over a FlakyFS (tests/support/flakyfs.py)
+    BlockedAfterReport          a reader that reports a failure to the job monitor, then hangs
 
 `python -m tests.support.reliability CONFIG [--real-prepare]` runs the job in a process
 of its own (to be killed, or to have its output and logs grepped), with the stand-in
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -57,6 +59,15 @@ def flaky_read(faults: list[Fault]) -> type:
             self.fs = FlakyFS(self.fs, faults)
 
     return FlakyRead
+
+
+class BlockedAfterReport(ReadStage):
+    """A reader that fails, reports it, then never returns (the abort Ray Data can't finish)."""
+
+    def process(self, batch):
+        self.monitor.stage_failed(self.name, "OSError: disk on fire")
+        time.sleep(3600)
+        yield from ()
 
 
 def leaks(roots: list[Path], secrets: list[str]) -> list[tuple[str, str]]:

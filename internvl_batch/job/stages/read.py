@@ -49,12 +49,16 @@ class ReadStage(Stage):
         self.monitor = MonitorClient(monitor)
 
     def process(self, batch: Batch) -> Iterator[Batch]:
-        for spec in batch["split"].to_pylist():
-            for table in self._read(json.loads(spec)):
-                self.monitor.progress(self.name, table.num_rows)
-                metrics.stage_rows(self.name, table.num_rows)
-                self.monitor.count(storage_retry.drain())
-                yield table
+        try:
+            for spec in batch["split"].to_pylist():
+                for table in self._read(json.loads(spec)):
+                    self.monitor.progress(self.name, table.num_rows)
+                    metrics.stage_rows(self.name, table.num_rows)
+                    self.monitor.count(storage_retry.drain())
+                    yield table
+        except Exception as e:  # retries are spent (storage_retry): this split can't be read
+            self.monitor.stage_failed(self.name, f"{type(e).__name__}: {e}")
+            raise
         self.monitor.count(storage_retry.drain())
 
     def _done_pairs(self, shard_id: str) -> set[tuple[int, str]]:
