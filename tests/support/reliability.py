@@ -62,12 +62,18 @@ def flaky_read(faults: list[Fault]) -> type:
 
 
 class BlockedAfterReport(ReadStage):
-    """A reader that fails, reports it, then never returns (the abort Ray Data can't finish)."""
+    """A reader that fails, reports it, then hangs (the abort Ray Data can't finish): for
+    BLOCK_S, longer than the job may take to fail, then it raises, so Ray Data's abort ends
+    and frees the cluster for the next test (a blocked in-process pipeline keeps its actors;
+    a CLI run's driver exit ends them)."""
+
+    BLOCK_S = 40.0
 
     def process(self, batch):
         self.monitor.stage_failed(self.name, "OSError: disk on fire")
-        time.sleep(3600)
-        yield from ()
+        time.sleep(self.BLOCK_S)
+        raise OSError("disk on fire")
+        yield  # a generator, as the real reader
 
 
 def leaks(roots: list[Path], secrets: list[str]) -> list[tuple[str, str]]:

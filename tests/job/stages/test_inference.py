@@ -66,7 +66,8 @@ def _find(proc, marker, timeout=300):
     while time.monotonic() < deadline and proc.poll() is None:
         for p in psutil.Process(proc.pid).children(recursive=True):
             try:
-                if marker in p.name() or marker in " ".join(p.cmdline()):
+                # A killed engine core lingers as a zombie until its actor reaps it: not a live one.
+                if p.status() != psutil.STATUS_ZOMBIE and (marker in p.name() or marker in " ".join(p.cmdline())):
                     return p
             except psutil.NoSuchProcess:
                 continue
