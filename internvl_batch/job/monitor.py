@@ -47,6 +47,14 @@ class JobMonitor:
         self.replicas: dict[str, dict[str, Any]] = {}
         self.counters: dict[str, int] = {}
         self.fatal: str | None = None
+        self.actors: list[Any] = []
+
+    def join(self, actor: Any) -> None:
+        self.actors.append(actor)
+
+    def stage_actors(self) -> list[Any]:
+        """The handles of every stage actor that joined: the runner kills them when the job fails."""
+        return list(self.actors)
 
     def progress(self, stage: str, rows: int) -> None:
         st = self.stages[stage]
@@ -119,6 +127,13 @@ class MonitorClient:
 
             self._actor = ray.get_actor(self._name)
         return self._actor
+
+    def join(self) -> None:
+        """From a stage actor's constructor: the job can then end this actor on failure."""
+        if actor := self._get():
+            import ray
+
+            actor.join.remote(ray.get_runtime_context().current_actor)
 
     def progress(self, stage: str, rows: int) -> None:
         if actor := self._get():

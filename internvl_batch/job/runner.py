@@ -8,6 +8,7 @@ grows with the manifest's rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -174,6 +175,19 @@ def execute(ray, cfg: JobConfig, plan: Plan, sink: ShardSink, progress: Progress
                 )
 
 
+def _end_pipeline(ray, monitor) -> None:
+    """Kill the failed run's stage actors: Ray Data's own abort can block (a task held by
+    backpressure) and would keep their CPUs and GPUs from whoever uses the cluster next."""
+    try:
+        actors = ray.get(monitor.stage_actors.remote(), timeout=10)
+    except Exception as e:  # best effort: the failure being raised is what matters
+        log.warning("could not list the pipeline's actors to end them: %s", e)
+        return
+    for actor in actors:
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(actor, no_restart=True)
+
+
 def _snapshot(ray, monitor) -> dict[str, Any]:
     try:
         return ray.get(monitor.snapshot.remote(), timeout=10)
@@ -234,6 +248,9 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
         if plan.todo:
             args = _stage_args(cfg, out, summary.run_id, duplicates, monitor_name)
             execute(ray, cfg, plan, sink, progress, {**default_stages(), **(stages or {})}, args, monitor)
+    except BaseException:
+        _end_pipeline(ray, monitor)
+        raise
     finally:
         sink.flush_all()  # what arrived is kept: a rerun resumes from it
         snap = _snapshot(ray, monitor)

@@ -62,10 +62,8 @@ def flaky_read(faults: list[Fault]) -> type:
 
 
 class BlockedAfterReport(ReadStage):
-    """A reader that fails, reports it, then hangs (the abort Ray Data can't finish): for
-    BLOCK_S, longer than the job may take to fail, then it raises, so Ray Data's abort ends
-    and frees the cluster for the next test (a blocked in-process pipeline keeps its actors;
-    a CLI run's driver exit ends them)."""
+    """A reader that fails, reports it, then hangs (the abort Ray Data can't finish) for
+    longer than the job may take to fail; then it raises, should the job not end it."""
 
     BLOCK_S = 40.0
 

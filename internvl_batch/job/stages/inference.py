@@ -48,6 +48,7 @@ class InferenceStage(AsyncStage):
         self.model_name, self.run_id, self.passthrough = model.path, run_id, passthrough
         self.schema = output_schema(passthrough)
         self.monitor = MonitorClient(monitor)
+        self.monitor.join()
         self.replica = f"{os.getpid()}"
         try:
             self.engine = build_engine(model, tasks[0].sampling)

@@ -34,6 +34,7 @@ class PrepareStage(Stage):
         self.schema = prepared_schema(passthrough)
         self.fetcher = Fetcher(cfg.fetch)
         self.monitor = MonitorClient(monitor)
+        self.monitor.join()
         self.timer = metrics.StepTimer()
 
     def _image_tiles(self, urls: list[str]) -> tuple[np.ndarray, list[int]]:

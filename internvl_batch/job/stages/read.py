@@ -47,6 +47,7 @@ class ReadStage(Stage):
         self.duplicates, self.chunk_rows = duplicates, chunk_rows
         self.schema = item_schema(cfg.passthrough)
         self.monitor = MonitorClient(monitor)
+        self.monitor.join()
 
     def process(self, batch: Batch) -> Iterator[Batch]:
         try:
