@@ -154,6 +154,7 @@ def _stand_in_stages():
         name = "prepare"
 
         def __init__(self, cfg, passthrough=(), monitor=None):
+            self.attach_monitor(monitor)
             self.schema = prepared_schema(passthrough)
 
         def process(self, batch):
@@ -170,6 +171,7 @@ def _stand_in_stages():
         name = "inference"
 
         def __init__(self, model, tasks, passthrough, run_id, monitor=None):
+            self.attach_monitor(monitor)
             self.passthrough, self.run_id = passthrough, run_id
             self.schema = output_schema(passthrough)
             self.task = tasks[0].name

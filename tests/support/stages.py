@@ -25,6 +25,7 @@ class NoMediaPrepare(Stage):
     name = "prepare"
 
     def __init__(self, cfg, passthrough=(), monitor=None):
+        self.attach_monitor(monitor)
         self.schema = prepared_schema(passthrough)
 
     def process(self, batch):
@@ -38,6 +39,7 @@ class EchoInference(AsyncStage):
     name = "inference"
 
     def __init__(self, model, tasks, passthrough, run_id, monitor=None):
+        self.attach_monitor(monitor)
         self.passthrough, self.run_id = passthrough, run_id
         self.schema = output_schema(passthrough)
         self.delay_s = float(os.environ.get("INTERNVL_TEST_DELAY_S", "0"))

@@ -49,6 +49,12 @@ class Stage(ABC):
     name: ClassVar[str]
     monitor: MonitorClient = MonitorClient(None)
 
+    def attach_monitor(self, name: str | None) -> None:
+        """Every stage's constructor calls this: progress and failures go to the job monitor,
+        and a failed job can end this actor (runner._end_pipeline)."""
+        self.monitor = MonitorClient(name)
+        self.monitor.join()
+
     def __call__(self, batch: Batch) -> Batch:
         return self.process(batch)
 

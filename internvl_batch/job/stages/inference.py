@@ -23,7 +23,6 @@ import pyarrow as pa
 from internvl_batch.config import ModelConfig, TaskConfig
 from internvl_batch.engines import EngineFatalError, EngineRequest, EngineResult, build_engine
 from internvl_batch.engines.base import run_requests
-from internvl_batch.job.monitor import MonitorClient
 from internvl_batch.job.records import output_schema, passthrough_field, tiles_from_bytes
 from internvl_batch.job.stages.base import AsyncStage, Batch
 from internvl_batch.model.prompts import build_prompt
@@ -47,8 +46,7 @@ class InferenceStage(AsyncStage):
         self.tasks = {t.name: t for t in tasks}
         self.model_name, self.run_id, self.passthrough = model.path, run_id, passthrough
         self.schema = output_schema(passthrough)
-        self.monitor = MonitorClient(monitor)
-        self.monitor.join()
+        self.attach_monitor(monitor)
         self.replica = f"{os.getpid()}"
         try:
             self.engine = build_engine(model, tasks[0].sampling)

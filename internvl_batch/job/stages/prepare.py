@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from internvl_batch.config import PreprocessConfig
-from internvl_batch.job.monitor import MonitorClient
 from internvl_batch.job.records import prepared_schema, tiles_to_bytes
 from internvl_batch.job.stages.base import Batch, Stage
 from internvl_batch.media.decode import decode_image
@@ -33,8 +32,7 @@ class PrepareStage(Stage):
         self.cfg = cfg
         self.schema = prepared_schema(passthrough)
         self.fetcher = Fetcher(cfg.fetch)
-        self.monitor = MonitorClient(monitor)
-        self.monitor.join()
+        self.attach_monitor(monitor)
         self.timer = metrics.StepTimer()
 
     def _image_tiles(self, urls: list[str]) -> tuple[np.ndarray, list[int]]:

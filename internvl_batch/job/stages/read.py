@@ -18,7 +18,6 @@ import pyarrow.compute as pc
 from internvl_batch import storage_retry
 from internvl_batch.config import InputConfig
 from internvl_batch.job.manifest import split_rows
-from internvl_batch.job.monitor import MonitorClient
 from internvl_batch.job.output import OutputDir
 from internvl_batch.job.records import item_schema
 from internvl_batch.job.stages.base import Batch, Stage
@@ -46,8 +45,7 @@ class ReadStage(Stage):
         self.out = OutputDir(*output)
         self.duplicates, self.chunk_rows = duplicates, chunk_rows
         self.schema = item_schema(cfg.passthrough)
-        self.monitor = MonitorClient(monitor)
-        self.monitor.join()
+        self.attach_monitor(monitor)
 
     def process(self, batch: Batch) -> Iterator[Batch]:
         try:
