@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from internvl_batch.config.base import Section
 
@@ -57,6 +57,7 @@ class SamplingConfig(Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(-1, description="-1: off")
     max_tokens: int = Field(256, ge=1)
+    min_tokens: int = Field(0, ge=0, description="no stop token or stop string ends an answer before this many tokens")
     repetition_penalty: float = Field(1.0, gt=0.0)
     seed: int | None = None
     stop: tuple[str, ...] = ()
@@ -81,3 +82,12 @@ class SamplingConfig(Section):
             except SchemaError as e:
                 raise ValueError(f"not a valid JSON schema: {e.message}") from None
         return v
+
+    @model_validator(mode="after")
+    def _min_tokens(self) -> SamplingConfig:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens={self.min_tokens} is more than max_tokens={self.max_tokens}")
+        if self.min_tokens and self.json_schema is not None:
+            # The grammar ends a JSON answer by forcing EOS, which min_tokens forbids.
+            raise ValueError("min_tokens cannot be combined with json_schema")
+        return self

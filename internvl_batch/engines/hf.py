@@ -109,6 +109,7 @@ class HFEngine(EngineBase):
         sampled = cfg.temperature > 0
         gen_kwargs = dict(
             max_new_tokens=min(cfg.max_tokens, self.model.max_model_len - len(ids)),
+            min_new_tokens=cfg.min_tokens,
             do_sample=sampled,
             eos_token_id=self.stop_ids(self.tokenizer.get_vocab(), req),
             pad_token_id=self.tokenizer.pad_token_id,

@@ -218,6 +218,8 @@ def test_override_with_invalid_yaml_value(demo_yaml, item):
         (["task.0.sampling.top_k=0"], ["task.0.sampling.top_k", "top_k must be -1"]),
         (["task.0.sampling.top_k=-2"], ["task.0.sampling.top_k"]),
         (["task.0.sampling.top_p=0"], ["task.0.sampling.top_p"]),
+        (["task.0.sampling.min_tokens=25"], ["task.0.sampling", "min_tokens=25 is more than max_tokens=24"]),
+        (["task.1.sampling.min_tokens=1"], ["task.1.sampling", "min_tokens cannot be combined with json_schema"]),
         (["runtime.replicas=0"], ["runtime.replicas"]),
         (["runtime.replicas=four"], ["runtime.replicas"]),
         (["input.limit=0"], ["input.limit"]),
@@ -240,6 +242,7 @@ def test_invalid_config_names_the_field(demo_yaml, overrides, fragments):
         ["task.0.sampling.top_k=-1"],
         ["task.0.sampling.top_k=1"],
         ["task.1.sampling.json_schema=null"],
+        ["task.0.sampling.min_tokens=24"],  # == max_tokens is fine
     ],
 )
 def test_boundaries_accepted(demo_yaml, overrides):

@@ -57,7 +57,7 @@ def _is_fatal(exc: BaseException) -> bool:
 _ENGINE_FIELDS = ("dtype", "tensor_parallel_size", "max_model_len", "max_num_seqs", "gpu_memory_utilization",
                   "quantization", "trust_remote_code", "enforce_eager", "seed")  # fmt: skip
 # SamplingConfig fields that are vLLM sampling parameters of the same name and meaning.
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "repetition_penalty", "seed")
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "min_tokens", "repetition_penalty", "seed")
 
 
 def engine_args(model: ModelConfig, tokenizer: str | None = None) -> dict[str, Any]:

@@ -112,3 +112,20 @@ def test_media_key_does_not_change_the_answer(vllm_engine):
     keyed = EngineRequest(id="k2", prompt=req.prompt, tiles=req.tiles, media_key="sha-of-the-media")
     a, b = vllm_engine.generate([req, keyed])
     assert a.token_ids == b.token_ids
+
+
+def test_min_tokens_holds_back_a_stop_until_it_is_reached(vllm_engine):
+    req = image_request("m", [((640, 480), 2)], "Describe.", seed=2)
+    free = vllm_engine.generate([req])[0]
+    # A stop string the answer meets at once: its first token's text.
+    first = vllm_engine.tokenizer.decode(free.token_ids[:1])
+    assert first.strip(), f"first token decodes to whitespace: {free.token_ids[:4]}"
+
+    def answer(**sampling):
+        params = SamplingConfig(temperature=0.0, max_tokens=16, stop=(first,), **sampling)
+        return vllm_engine.generate([EngineRequest(id="m", prompt=req.prompt, tiles=req.tiles, sampling=params)])[0]
+
+    stopped, held = answer(), answer(min_tokens=8)
+    assert stopped.finish_reason == "stop" and stopped.num_output_tokens <= 1
+    assert held.num_output_tokens >= 8
+    assert held.token_ids[:8] == free.token_ids[:8]

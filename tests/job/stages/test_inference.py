@@ -43,8 +43,10 @@ def _config(tmp_path, model_dir, manifest, **runtime):
         "model": {"path": str(model_dir), "dtype": "float32", "max_model_len": 4096, "max_num_seqs": 4,
                   "enforce_eager": True, "cpu_kvcache_gib": 1},
         "preprocess": {"max_num": 2},
-        # Long answers (ignore nothing: the tiny model rarely stops) keep the engine busy to be killed.
-        "task": [{"name": "caption", "preset": "short_caption", "sampling": {"max_tokens": 96}}],
+        # Every answer exactly 96 tokens: the engine is still busy when the first part lands, to
+        # be killed then. (Without min_tokens the tiny model's answers sometimes stopped at once,
+        # and the job could end before the kill: seen in CI.)
+        "task": [{"name": "caption", "preset": "short_caption", "sampling": {"max_tokens": 96, "min_tokens": 96}}],
         "runtime": {"use_gpu": False, "cpu_workers": 1, "cpus_per_worker": 0.5, "engine_cpus": 1,
                     "preprocess_batch_size": 2, "engine_batch_size": 4, "engine_batches_in_flight": 2,
                     "stall_timeout_s": 300, "progress_interval_s": 2, **runtime},
