@@ -13,7 +13,10 @@ Both sides run in a fresh process pinned to core 0 (`taskset`), with vLLM's comp
 threads bound to core 1 (VLLM_CPU_OMP_THREADS_BIND), so CPU contention between the job's
 own work and the engine stays visible instead of blurring both.
 
-    .venv/bin/python benchmarks/engine_feed.py [--rows 48] [--runs 3]
+    .venv/bin/python benchmarks/engine_feed.py [--rows 48] [--runs 3] [--tiles mixed]
+
+--tiles mixed: one row in six is a 13-tile image (1600x1200, max_num 12), the rest are
+single tiles: the workload where a big image might hold back a batch of small ones.
 """
 
 from __future__ import annotations
@@ -28,15 +31,15 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_NUM = 4
+MAX_NUM = {"small": 4, "mixed": 12}
 
 
-def _config(model: str, manifest: Path, out: Path, max_num_seqs: int, in_flight: int | None) -> dict:
+def _config(model: str, manifest: Path, out: Path, max_num_seqs: int, in_flight: int | None, tiles: str) -> dict:
     return {
         "input": {"path": str(manifest)},
         "model": {"path": model, "dtype": "float32", "max_model_len": 4096, "max_num_seqs": max_num_seqs,
-                  "max_dynamic_patch": MAX_NUM, "enforce_eager": True, "cpu_kvcache_gib": 2},
-        "preprocess": {"max_num": MAX_NUM},
+                  "max_dynamic_patch": MAX_NUM[tiles], "enforce_eager": True, "cpu_kvcache_gib": 2},
+        "preprocess": {"max_num": MAX_NUM[tiles]},
         "task": [
             {"name": "short", "preset": "short_caption", "sampling": {"max_tokens": 8}},
             {"name": "long", "prompt": "Describe the image in detail.", "sampling": {"max_tokens": 128}},
@@ -48,13 +51,19 @@ def _config(model: str, manifest: Path, out: Path, max_num_seqs: int, in_flight:
     }  # fmt: skip
 
 
-def _inputs(root: Path, rows: int) -> Path:
+def _size(i: int, tiles: str) -> tuple[int, int]:
+    if tiles == "mixed":
+        return (1600, 1200) if i % 6 == 0 else (448, 448)
+    return 320 + 40 * (i % 9), 240 + 30 * (i % 7)
+
+
+def _inputs(root: Path, rows: int, tiles: str) -> Path:
     from internvl_batch.devtools.sample_media import sample_image
 
     lines = []
     for i in range(rows):
         path = root / f"img{i}.png"
-        sample_image(seed=i, size=(320 + 40 * (i % 9), 240 + 30 * (i % 7))).save(path)
+        sample_image(seed=i, size=_size(i, tiles)).save(path)
         lines.append(json.dumps({"id": f"r{i}", "image": str(path)}))
     manifest = root / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
@@ -75,7 +84,7 @@ def side_bare(cfg_path: str) -> dict:
     cfg = load_config(cfg_path)
     reqs = []
     for row in read_manifest(cfg.input):
-        tiles = tile_image(Image.open(row.images[0]).convert("RGB"), max_num=MAX_NUM)
+        tiles = tile_image(Image.open(row.images[0]).convert("RGB"), max_num=cfg.preprocess.max_num)
         for task in cfg.task:
             prompt = build_prompt(task.question_for(None), [len(tiles)])
             reqs.append(EngineRequest(id=f"{row.id}/{task.name}", prompt=prompt, tiles=tiles, sampling=task.sampling,
@@ -119,6 +128,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--max-num-seqs", type=int, default=16)
     ap.add_argument("--in-flight", type=int, help="runtime.engine_batches_in_flight (default: the job's)")
+    ap.add_argument("--tiles", choices=sorted(MAX_NUM), default="small", help="the images' tile counts")
     ap.add_argument("--model", help="default: the tiny checkpoint, built on first use")
     args = ap.parse_args()
     if args.side:
@@ -133,12 +143,14 @@ def main() -> int:
         from internvl_batch.devtools.tiny_model import make_tiny_model
 
         model = str(make_tiny_model(root / "model"))
-    manifest = _inputs(root, args.rows)
+    manifest = _inputs(root, args.rows, args.tiles)
     ratios, occ_job, occ_bare = [], [], []
     for run in range(args.runs):
         out = root / f"out-{run}"
         cfg_path = root / f"job-{run}.yaml"
-        cfg_path.write_text(yaml.safe_dump(_config(model, manifest, out, args.max_num_seqs, args.in_flight)))
+        cfg_path.write_text(
+            yaml.safe_dump(_config(model, manifest, out, args.max_num_seqs, args.in_flight, args.tiles))
+        )
         bare = _run_side("bare", cfg_path)
         job = _run_side("job", cfg_path)
         ratios.append(bare["busy_s"] / job["busy_s"])
