@@ -89,7 +89,8 @@ def test_a_stall_is_cut_by_the_timeout(s3, objects, proxy):
     with pytest.raises(FetchError, match="giving up after 2 attempts") as info:
         fetcher.fetch(f"s3://{BUCKET}/media/000.jpg")
     elapsed = time.monotonic() - started
-    assert elapsed < 2 * TIMEOUT_S + 2 < 10
+    # Uncut, the two stalls would take 20 s; the slack is for a loaded CI machine (3.01 s seen).
+    assert elapsed < 2 * TIMEOUT_S + 5 < 10
     assert "Timeout" in str(info.value) or "timed out" in str(info.value)
     assert proxy.injected == {("stall", "HEAD"): 2}
     assert fetcher.stats == FetchStats(fetches=1, transient_errors=2, retries=1, failures=1, exhausted=1)
