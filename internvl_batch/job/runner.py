@@ -21,7 +21,7 @@ from typing import Any
 from internvl_batch.config import JobConfig
 from internvl_batch.engines.occupancy import combine
 from internvl_batch.job.dedup import find_duplicates, shards_key
-from internvl_batch.job.monitor import JobFailed, stalled_stage, start_monitor
+from internvl_batch.job.monitor import JobFailed, actor_states, stalled_stage, start_monitor
 from internvl_batch.job.output import STATE, OutputDir, new_run_id
 from internvl_batch.job.plan import Plan, make_plan, read_splits
 from internvl_batch.job.sink import ShardSink
@@ -172,6 +172,23 @@ def _end_pipeline(ray, monitor) -> None:
             ray.kill(actor, no_restart=True)
 
 
+def _let_engines_stop(ray, monitor, timeout_s: float = 30.0) -> None:
+    """A finished pipeline's engine actors exit once nothing holds them, shutting their engines
+    down on the way; wait (bounded) until they are gone, so that whoever stops Ray next (the
+    demo, a RayJob's end) never kills an engine mid-shutdown."""
+    try:
+        engines = _snapshot(ray, monitor).get("engine_actors", [])
+        ray.get(monitor.release_actors.remote(), timeout=10)
+        deadline = time.monotonic() + timeout_s
+        while (live := [a for a, s in actor_states(engines).items() if s != "DEAD"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    except Exception as e:  # an aid to a clean exit; the run's result stands without it
+        log.warning("could not wait for the engines to stop: %s", e)
+        return
+    if live:
+        log.warning("%d engine actor(s) still shutting down after %.0fs; going on", len(live), timeout_s)
+
+
 def _snapshot(ray, monitor) -> dict[str, Any]:
     try:
         return ray.get(monitor.snapshot.remote(), timeout=10)
@@ -232,6 +249,7 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
         if plan.todo:
             args = _stage_args(cfg, out, summary.run_id, duplicates, monitor_name)
             execute(ray, cfg, plan, sink, progress, {**default_stages(), **(stages or {})}, args, monitor)
+            _let_engines_stop(ray, monitor)
     except BaseException:
         _end_pipeline(ray, monitor)
         raise
