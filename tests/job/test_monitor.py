@@ -106,6 +106,7 @@ def test_snapshot(clock):
         "engine_failures": 0,
         "last_engine_failure": None,
         "engines_started": 2,
+        "engine_actors": [],
         "replicas": {"replica-a": {"waiting": 1}},
         "counters": {"fetch_retries": 5, "redirects": 1},
     }
