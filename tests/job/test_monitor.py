@@ -154,7 +154,8 @@ def test_client_outside_a_job_does_nothing():
     c.progress("read", 3)
     c.batch_done("r", 1, {"a": 1})
     c.count({"x": 1})
-    c.engine_started("r")
+    assert c.engine_starting("r") is None  # no actor id outside a job
+    c.engine_started("r", None)
     c.engine_failed("r", "boom")  # no actor, no Ray: silently nothing
 
 
