@@ -62,12 +62,34 @@ class RunSummary:
         return self.plan.get("rows_x_tasks_to_do", 0)
 
 
-def _ray_mapper(ray, num_cpus: float):
+# A dry run cuts new manifest files into shards on the driver when they hold at most this
+# much; a larger plan (or any real run) cuts them in Ray tasks, on the cluster's CPUs.
+DRY_RUN_LOCAL_BYTES = 256 * 1024**2
+
+
+def _ray_mapper(cfg: JobConfig, num_cpus: float):
+    """Ray tasks, with Ray started on first use: a run that finds its plan cached, or fails
+    on a missing manifest, says so before a cluster starts."""
+    from internvl_batch.job.pipeline import init_ray
+
     def mapper(fn, items):
+        ray = init_ray(cfg)
         task = ray.remote(fn).options(num_cpus=num_cpus)
         return ray.get([task.remote(i) for i in items])
 
     return mapper
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """The plan for a person: what the manifest holds, what is done, and one sentence on what is left."""
+    s = plan["shards"]
+    left = plan["rows_x_tasks_to_do"]
+    return "\n".join([
+        f"manifest: {plan['manifest_files']} file(s), {plan['manifest_rows']:,} rows x {len(plan['tasks'])} task(s) "
+        f"({', '.join(plan['tasks'])})",
+        f"shards: {s['total']} in all, {s['done']} done, {s['todo']} to do, {s['resume']} to resume, {s['redo']} to redo",
+        f"{left:,} row x task pairs to do." if left else "Nothing left to do: every row x task pair is in the output.",
+    ])  # fmt: skip
 
 
 def _duplicates(ray, cfg: JobConfig, plan: Plan, out: OutputDir) -> tuple[str | None, int]:
@@ -226,16 +248,16 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
     retry.drain()  # this process's counts from before this run are not this run's
     tasks = [t.name for t in cfg.task]
     out = OutputDir(cfg.output.path, cfg.output.storage_options)
-    ray = init_ray(cfg)
     # Planning and the duplicate check run before the pipeline, when the cluster's CPUs are free.
-    plan = make_plan(cfg, out, _ray_mapper(ray, 1.0), write=not dry_run)
+    local = DRY_RUN_LOCAL_BYTES if dry_run else 0
+    plan = make_plan(cfg, out, _ray_mapper(cfg, 1.0), write=not dry_run, local_bytes=local)
     summary = RunSummary(finished=False, run_id=new_run_id(), plan=plan.summary(tasks))
-    log.info("plan: %s", json.dumps(summary.plan))
     if dry_run:
         summary.finished = True
-        print(json.dumps(summary.plan, indent=2))
+        print(plan_text(summary.plan))
         return summary
-
+    log.info("plan: %s", json.dumps(summary.plan))
+    ray = init_ray(cfg)
     out.clear_success()
     duplicates, summary.duplicate_ids = _duplicates(ray, cfg, plan, out)
     schema = output_schema(cfg.input.passthrough)
