@@ -160,8 +160,8 @@ def _plan(args: argparse.Namespace) -> int:
         rates = None
         if args.from_run:
             rates = Rates.from_success(args.from_run, cfg.output.storage_options)
-        elif args.rows_per_s or args.tokens_per_s:
-            rates = Rates("the command line", rows_per_s=args.rows_per_s, tokens_per_s=args.tokens_per_s)
+        elif args.pairs_per_s or args.tokens_per_s:
+            rates = Rates("the command line", pairs_per_s=args.pairs_per_s, tokens_per_s=args.tokens_per_s)
         result = make_preflight(cfg, args.sample, rates)
     except (ManifestError, ValueError) as e:
         _error(e, cfg)
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--sample", type=int, default=200, help="manifest rows to sample")
-    p.add_argument("--rows-per-s", type=float, help="row x task pairs per second of one replica")
+    p.add_argument("--pairs-per-s", type=float, help="row x task pairs per second of one replica")
     p.add_argument("--tokens-per-s", type=float, help="prompt + output tokens per second of one replica")
     p.add_argument("--from-run", metavar="OUTPUT_PATH", help="take the rates a previous run's _SUCCESS measured")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

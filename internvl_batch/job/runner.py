@@ -48,7 +48,7 @@ class RunSummary:
     status_counts: dict[str, int] = field(default_factory=dict)
     duplicate_ids: int = 0
     wall_s: float = 0.0
-    rows_per_s: float = 0.0
+    pairs_per_s: float = 0.0
     output_tokens_per_s: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +56,9 @@ class RunSummary:
     prompt_tokens_per_s: float = 0.0
     tiles_per_s: float = 0.0
     resources: dict[str, Any] = field(default_factory=dict)  # replicas and GPUs: what `plan` scales rates by
+    started_at: str = ""  # UTC, ISO 8601: when this run's pipeline started
+    ended_at: str = ""
+    gpu_hours: float = 0.0  # wall clock x replicas x GPUs per replica (the GPUs reserved, busy or not)
 
     @property
     def todo_rows(self) -> int:
@@ -65,6 +68,10 @@ class RunSummary:
 # A dry run cuts new manifest files into shards on the driver when they hold at most this
 # much; a larger plan (or any real run) cuts them in Ray tasks, on the cluster's CPUs.
 DRY_RUN_LOCAL_BYTES = 256 * 1024**2
+
+
+def _utc(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
 
 
 def _ray_mapper(cfg: JobConfig, num_cpus: float):
@@ -282,14 +289,17 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
         progress.observe(snap)
         progress.close()
     wall = time.monotonic() - progress.start
+    ended = time.time()
+    summary.started_at, summary.ended_at = _utc(ended - wall), _utc(ended)
     summary.written_this_run = sink.written
     summary.wall_s = round(wall, 2)
-    summary.rows_per_s = round(sink.written / wall, 3) if wall else 0.0
+    summary.pairs_per_s = round(sink.written / wall, 3) if wall else 0.0
     summary.output_tokens_per_s = round(progress.tokens / wall, 2) if wall else 0.0
     summary.prompt_tokens_per_s = round(progress.prompt_tokens / wall, 2) if wall else 0.0
     summary.tiles_per_s = round(progress.tiles / wall, 2) if wall else 0.0
     summary.resources = {"model": cfg.model.path, "replicas": cfg.runtime.replicas,
                          "gpus_per_replica": cfg.model.tensor_parallel_size if cfg.runtime.use_gpu else 0}  # fmt: skip
+    summary.gpu_hours = round(wall * cfg.runtime.replicas * summary.resources["gpus_per_replica"] / 3600, 4)
     summary.stage_ms = {k: round(v, 1) for k, v in progress.stage_ms.items()}
     summary.engine = {**combine(list(snap.get("replicas", {}).values())), "failures": snap.get("engine_failures", 0)}
     summary.status_counts, bad = verify(out, plan, tasks)
