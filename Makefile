@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export KUBERAY_CRD_DIR ?= $(abspath $(CURDIR)/../shared/kuberay-crds)
 
-.PHONY: setup demo test lint format
+.PHONY: setup demo test lint format bench
 setup:
 	@bash scripts/setup-env.sh
 
@@ -30,3 +30,9 @@ format: setup
 
 test: lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# Every figure of the README's "Measured" table, from the commands printed there (hours on
+# 2 cores; never part of `make test`): writes benchmarks/results.{json,md} and regenerates
+# that table. BENCH_ARGS="--only engine,peers" reruns some rows; "--list" names them.
+bench: setup
+	$(VENV)/bin/python benchmarks/suite.py $(BENCH_ARGS)

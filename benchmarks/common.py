@@ -19,10 +19,14 @@ vs vLLM's own tiling, the job vs the bare engine, ...):
   benchmarks/suite.py (`make bench`) runs the README's commands, collects these lines into
   benchmarks/results.json and renders benchmarks/results.md and the README's measured table.
 
-A new benchmark: import this module after `use_this_checkout()`'s path line (see any
-benchmark's header), give each figure a stable metric name (the README quotes it), add its
-command to suite.py's ROWS (with a smoke variant: the smallest size that runs end to end)
-and exit with `check.exit_code()`.
+A new benchmark: put the repository root on sys.path and import this module as
+`from benchmarks import common` (see any benchmark's header); call `use_this_checkout()`
+first thing in main(); import heavy things (vLLM, Ray, torch) inside functions, so that
+tests/benchmarks can import its comparison without them; put each run's comparison in a
+function of its own (`compare_run(check, run, results)`: the tests feed it a mismatch);
+give each figure a stable metric name (the README's table quotes it); add its command to
+suite.py's ROWS, with a smoke variant (the smallest size that runs end to end); and return
+`check.exit_code()` from main.
 """
 
 from __future__ import annotations
@@ -147,6 +151,13 @@ def parse_bench_lines(text: str) -> list[dict[str, Any]]:
 
 
 # -- answers --------------------------------------------------------------------------------------
+
+
+def tensor_rows(t: Any, label: str = "tile") -> dict[str, bytes]:
+    """An array's (numpy or torch) first axis as rows to compare: `{"tile 0": bytes, ...}`,
+    so a difference names the tiles (frames) that differ."""
+    arr = t.numpy() if hasattr(t, "numpy") else t
+    return {f"{label} {i}": arr[i].tobytes() for i in range(arr.shape[0])} | {"shape": repr(tuple(arr.shape))}
 
 
 def differing_rows(reference: Mapping[str, Any], got: Mapping[str, Any]) -> list[str]:

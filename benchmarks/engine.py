@@ -31,9 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import AnswerCheck, add_runs_arg, emit, model_section, ratios, run_rotated, use_this_checkout  # noqa: E402, I001
-
-use_this_checkout()
+from benchmarks import common  # noqa: E402
 
 QUESTION = "Describe the image."
 PATHS = {"pretiled": "pre-tiled", "stock": "vLLM tiles"}
@@ -51,14 +49,25 @@ def _images(n: int, run: int):
     return ims
 
 
-def main() -> int:
+def compare_run(check: common.AnswerCheck, run: int, this: dict) -> None:
+    """One run's output token ids, per image: the pre-tiled path vs vLLM's own tiling."""
+    check.compare(f"output token ids, run {run + 1}", PATHS["stock"], this["stock"]["tokens"],
+                  PATHS["pretiled"], this["pretiled"]["tokens"])  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=".cache/tiny-internvl2_5", help="checkpoint dir (the tiny one is built there)")
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--max-num", type=int, default=12)
     ap.add_argument("--max-tokens", type=int, default=16)
-    add_runs_arg(ap)
-    args = ap.parse_args()
+    common.add_runs_arg(ap)
+    return ap
+
+
+def main() -> int:
+    common.use_this_checkout()
+    args = build_parser().parse_args()
 
     from internvl_batch.config import ModelConfig, SamplingConfig
     from internvl_batch.devtools.tiny_model import make_tiny_model
@@ -69,10 +78,10 @@ def main() -> int:
 
     if not (Path(args.model) / "config.json").exists():
         make_tiny_model(args.model)
-    model = ModelConfig(**model_section(args.model, max_num_seqs=args.images, max_dynamic_patch=args.max_num))
+    model = ModelConfig(**common.model_section(args.model, max_num_seqs=args.images, max_dynamic_patch=args.max_num))
     engine = VLLMEngine(model, SamplingConfig(max_tokens=args.max_tokens))
     pool = ThreadPoolExecutor(max_workers=args.images)  # raw_generate blocks: one thread per image in flight
-    check = AnswerCheck()
+    check = common.AnswerCheck()
     tiling_ms: list[float] = []
 
     def inputs(run: int):
@@ -127,12 +136,11 @@ def main() -> int:
 
             return call
 
-        def compare(run: int, this: dict) -> None:
-            check.compare(f"output token ids, run {run + 1}", PATHS["stock"], this["stock"]["tokens"],
-                          PATHS["pretiled"], this["pretiled"]["tokens"])  # fmt: skip
+        def after_run(run: int, this: dict) -> None:
+            compare_run(check, run, this)
             runs_inputs.pop(run, None)
 
-        res = run_rotated({"pretiled": side("pretiled"), "stock": side("stock")}, args.runs, after_run=compare)
+        res = common.run_rotated({"pretiled": side("pretiled"), "stock": side("stock")}, args.runs, after_run=after_run)
     finally:
         pool.shutdown()
         engine.shutdown()
@@ -142,13 +150,19 @@ def main() -> int:
           f"{args.max_tokens} output tokens each; median (min-max) over {args.runs} run(s)")  # fmt: skip
     for key, name in PATHS.items():
         rs = res[key]
-        emit(f"images/s, {name}", [n / r["wall_s"] for r in rs], "images/s", ".2f")
-        emit(f"output tokens/s, {name}", [r["out_tokens"] / r["wall_s"] for r in rs], "tok/s", ".1f")
-        emit(f"front-end CPU ms/image, {name}", [r["cpu_s"] * 1000 / n for r in rs], "ms", ".1f")
+        common.emit(f"images/s, {name}", [n / r["wall_s"] for r in rs], "images/s", ".2f")
+        common.emit(f"output tokens/s, {name}", [r["out_tokens"] / r["wall_s"] for r in rs], "tok/s", ".1f")
+        common.emit(f"front-end CPU ms/image, {name}", [r["cpu_s"] * 1000 / n for r in rs], "ms", ".1f")
     p, s = res["pretiled"], res["stock"]
-    emit("front-end CPU per image, pre-tiled/vLLM tiles", ratios([r["cpu_s"] for r in p], [r["cpu_s"] for r in s]), "x", ".2f")  # fmt: skip
-    emit("throughput, pre-tiled/vLLM tiles", ratios([r["wall_s"] for r in s], [r["wall_s"] for r in p]), "x", ".2f")
-    emit("our tiling (card-exact, outside the engine) ms/image", tiling_ms, "ms", ".1f")
+    cpu_ratio = common.ratios([r["cpu_s"] for r in p], [r["cpu_s"] for r in s])
+    common.emit("front-end CPU per image, pre-tiled/vLLM tiles", cpu_ratio, "x", ".2f")
+    common.emit(
+        "throughput, pre-tiled/vLLM tiles",
+        common.ratios([r["wall_s"] for r in s], [r["wall_s"] for r in p]),
+        "x",
+        ".2f",
+    )
+    common.emit("our tiling (card-exact, outside the engine) ms/image", tiling_ms, "ms", ".1f")
     return check.exit_code()
 
 

@@ -7,7 +7,10 @@ alone (the engine's own speed moves ±40% between runs here), so each side repor
   busy_s     from the engine's first request to its last result (start-up excluded);
   occupancy  the share of that steady state with requests waiting or max_num_seqs running,
              from vLLM's own scheduler statistics (engines/occupancy.py, fed by engines/vllm/stat_logger.py).
-job/bare = bare busy_s / job busy_s (1.0: the job costs the engine nothing).
+job/bare = bare busy_s / job busy_s (1.0: the job costs the engine nothing), paired run by
+run. Printed as median (min-max) over --runs, the sides in rotated order. Both sides must
+answer the same: every (row, task)'s text and output token count, the job's read back from
+its parquet output; a difference exits 1 naming the rows.
 
 Both sides run in a fresh process pinned to core 0 (`taskset`), with vLLM's compute
 threads bound to core 1 (VLLM_CPU_OMP_THREADS_BIND), so CPU contention between the job's
@@ -24,21 +27,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+
 MAX_NUM = {"small": 4, "mixed": 12}
 
 
 def _config(model: str, manifest: Path, out: Path, max_num_seqs: int, in_flight: int | None, tiles: str) -> dict:
     return {
         "input": {"path": str(manifest)},
-        "model": {"path": model, "dtype": "float32", "max_model_len": 4096, "max_num_seqs": max_num_seqs,
-                  "max_dynamic_patch": MAX_NUM[tiles], "enforce_eager": True, "cpu_kvcache_gib": 2},
+        "model": common.model_section(model, max_num_seqs=max_num_seqs, max_dynamic_patch=MAX_NUM[tiles]),
         "preprocess": {"max_num": MAX_NUM[tiles]},
         "task": [
             {"name": "short", "preset": "short_caption", "sampling": {"max_tokens": 8}},
@@ -97,40 +101,63 @@ def side_bare(cfg_path: str) -> dict:
     finally:
         engine.shutdown()
     return {"busy_s": round(stats["last_finish"] - stats["first_submit"], 3), "occupancy": stats["occupancy"],
-            "requests": len(reqs), "output_tokens": sum(r.num_output_tokens for r in results)}  # fmt: skip
+            "requests": len(reqs), "output_tokens": sum(r.num_output_tokens for r in results),
+            "answers": {r.id: [r.text, r.num_output_tokens] for r in results}}  # fmt: skip
 
 
 def side_job(cfg_path: str) -> dict:
+    import pyarrow.parquet as pq
+
     from internvl_batch.config import load_config
     from internvl_batch.job.runner import run_job
 
-    summary = run_job(load_config(cfg_path))
+    cfg = load_config(cfg_path)
+    summary = run_job(cfg)
     assert summary.finished
+    # Read back (off the clock): what reached the output is what counts.
+    rows = pq.read_table(cfg.output.path, columns=["id", "task", "status", "response", "num_output_tokens"]).to_pylist()
     return {"busy_s": summary.engine["busy_s"], "occupancy": summary.engine["occupancy"],
-            "requests": summary.written_this_run, "wall_s": summary.wall_s}  # fmt: skip
+            "requests": summary.written_this_run, "wall_s": summary.wall_s,
+            "answers": {f"{r['id']}/{r['task']}": [r["response"], r["num_output_tokens"]] if r["status"] == "ok"
+                        else r["status"] for r in rows}}  # fmt: skip
 
 
 def _run_side(side: str, cfg_path: Path) -> dict:
     env = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     cmd = ["taskset", "-c", "0", sys.executable, __file__, "--side", side, str(cfg_path)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=common.REPO, env=env, capture_output=True, text=True, timeout=1800)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"{side} side failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     return json.loads(line[7:])
 
 
-def main() -> int:
+def compare_run(check: common.AnswerCheck, run: int, this: dict) -> None:
+    """One run's answers, bare vs job (popped from the results: the figures stay), and its line."""
+    bare, job = this["bare"], this["job"]
+    check.compare(f"answers, run {run + 1}", "bare", bare.pop("answers"), "job", job.pop("answers"))
+    print(f"run {run + 1}: bare {bare['busy_s']:.1f}s occupancy {bare['occupancy']:.3f} | job {job['busy_s']:.1f}s "
+          f"occupancy {job['occupancy']:.3f} (wall {job['wall_s']:.1f}s) | job/bare "
+          f"{bare['busy_s'] / job['busy_s']:.3f}", flush=True)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", help=argparse.SUPPRESS)
     ap.add_argument("cfg", nargs="?", help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, default=48)
-    ap.add_argument("--runs", type=int, default=3)
+    common.add_runs_arg(ap)
     ap.add_argument("--max-num-seqs", type=int, default=16)
     ap.add_argument("--in-flight", type=int, help="runtime.engine_batches_in_flight (default: the job's)")
     ap.add_argument("--tiles", choices=sorted(MAX_NUM), default="small", help="the images' tile counts")
     ap.add_argument("--model", help="default: the tiny checkpoint, built on first use")
-    args = ap.parse_args()
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (images, configs, the job's outputs)")
+    return ap
+
+
+def main() -> int:
+    common.use_this_checkout()
+    args = build_parser().parse_args()
     if args.side:
         print("RESULT " + json.dumps(side_bare(args.cfg) if args.side == "bare" else side_job(args.cfg)), flush=True)
         return 0
@@ -144,28 +171,30 @@ def main() -> int:
 
         model = str(make_tiny_model(root / "model"))
     manifest = _inputs(root, args.rows, args.tiles)
-    ratios, occ_job, occ_bare = [], [], []
-    for run in range(args.runs):
-        out = root / f"out-{run}"
+    check = common.AnswerCheck()
+
+    def config(run: int) -> Path:
         cfg_path = root / f"job-{run}.yaml"
-        cfg_path.write_text(
-            yaml.safe_dump(_config(model, manifest, out, args.max_num_seqs, args.in_flight, args.tiles))
-        )
-        bare = _run_side("bare", cfg_path)
-        job = _run_side("job", cfg_path)
-        ratios.append(bare["busy_s"] / job["busy_s"])
-        occ_job.append(job["occupancy"])
-        occ_bare.append(bare["occupancy"])
-        print(f"run {run + 1}: bare {bare['busy_s']:.1f}s occupancy {bare['occupancy']:.3f} | job {job['busy_s']:.1f}s "
-              f"occupancy {job['occupancy']:.3f} (wall {job['wall_s']:.1f}s) | job/bare {ratios[-1]:.3f}", flush=True)  # fmt: skip
+        if not cfg_path.exists():  # one config per run, for both sides; the job writes its own output
+            cfg = _config(model, manifest, root / f"out-{run}", args.max_num_seqs, args.in_flight, args.tiles)
+            cfg_path.write_text(yaml.safe_dump(cfg))
+        return cfg_path
 
-    def spread(xs):
-        return f"median {statistics.median(xs):.3f} (min {min(xs):.3f}, max {max(xs):.3f}, n={len(xs)})"
-
-    print(f"job/bare (engine busy span, same {args.rows} rows x 2 tasks): {spread(ratios)}  target >= 0.9")
-    print(f"occupancy, job:  {spread(occ_job)}  target >= 0.95")
-    print(f"occupancy, bare: {spread(occ_bare)}")
-    return 0
+    sides = {name: (lambda run, name=name: _run_side(name, config(run))) for name in ("bare", "job")}
+    try:
+        res = common.run_rotated(sides, args.runs, after_run=lambda run, this: compare_run(check, run, this))
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"\n{args.rows} rows x 2 tasks (8 and 128 tokens), --tiles {args.tiles}, max_num_seqs {args.max_num_seqs}; "
+          f"median (min-max) over {args.runs} run(s)")  # fmt: skip
+    bare_busy, job_busy = [r["busy_s"] for r in res["bare"]], [r["busy_s"] for r in res["job"]]
+    common.emit("job/bare, engine busy span (target >= 0.9)", common.ratios(bare_busy, job_busy), "", ".3f")
+    common.emit("occupancy, job (target >= 0.95)", [r["occupancy"] for r in res["job"]], "", ".3f")
+    common.emit("occupancy, bare", [r["occupancy"] for r in res["bare"]], "", ".3f")
+    common.emit("engine busy span, job", job_busy, "s", ".1f")
+    common.emit("engine busy span, bare", bare_busy, "s", ".1f")
+    return check.exit_code()
 
 
 if __name__ == "__main__":

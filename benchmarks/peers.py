@@ -6,7 +6,9 @@ prompt, greedy decoding with the same max_tokens and the model card's stopping r
 template separator only), the same engine settings (float32, max_model_len 4096,
 max_num_seqs 16, enforce_eager, 2 GiB KV cache, one image per prompt) and the same tiny
 random InternVL2.5 checkpoint (`make_tiny_model`). Each run checks that the job's and Ray
-Data LLM's answers equal the bare engine's (same model, inputs and work on every side).
+Data LLM's answers equal the bare engine's (same model, inputs and work on every side): the
+job's texts, Ray Data LLM's token ids. A difference, a crashed side or a lost or failed row
+prints a line naming the rows and makes the benchmark exit 1 (after the remaining runs).
 
   Ray Data LLM  `ray.data.llm.build_processor(vLLMEngineProcessorConfig(...))` as its docs
                 configure a VLM: multimodal, chat-template, tokenize and detokenize stages,
@@ -27,18 +29,21 @@ compute threads bound to core 1. Per side it reports
           the last answer (vLLM's own request stats on the Ray Data LLM side, the engine
           wrapper's occupancy clock on ours): the steady state, start-up excluded;
 and rows/s over each, as the median and (min, max) over --runs, with the ratios
-job/RayDataLLM and job/bare paired run by run. Ray Data LLM rows carrying an
-`__inference_error__` count as failures and are reported; every side must deliver N rows.
+job/RayDataLLM and job/bare paired run by run; the sides run in a rotated order, run by run.
+Ray Data LLM rows carrying an `__inference_error__` count as failures and are reported;
+every side must deliver N rows.
 
 The Ray Data LLM side needs three shims on this build, all kept inside this file:
 CPU placement bundles (no GPUs), an alias for `vllm.entrypoints.chat_utils` (moved to
 `vllm.renderers.chat_utils` in vLLM 0.32; Ray 2.60's multimodal stage imports the old
 path) and the `internvl_chat` config registration in its CPU stages' workers (the stage
 builds a vLLM ModelConfig outside vLLM's plugin loading); the last two in a
-`worker_process_setup_hook` (see /work/shared/notes/ray-data-llm-on-cpu.md). Two settings
-are needed besides: explicit `num_cpus` for its CPU stages and map tasks (each defaults to
-a whole CPU: on a 2-CPU node they deadlock), and `log_engine_metrics=False` (its default
-stat logger imports ray.serve, which ray[data] does not install).
+`worker_process_setup_hook` (`_rdl_worker_setup`, installed through `ray.init(runtime_env=...)`).
+Two settings are needed besides: explicit `num_cpus` for its CPU stages and map tasks (each
+defaults to a whole CPU: on a 2-CPU node they deadlock), and `log_engine_metrics=False` (its
+default stat logger imports ray.serve, which ray[data] does not install). Local images need
+`allowed_local_media_path` in the multimodal stage and `file://` URLs. Its start-up varies
+by tens of seconds from run to run: hence start-up and steady state apart, over several runs.
 
     .venv/bin/python benchmarks/peers.py [--rows 48] [--max-tokens 16,128] [--runs 3]
     .venv/bin/python benchmarks/peers.py --quick      # smoke check: 1 run, 16 rows, 16 tokens
@@ -60,13 +65,16 @@ from pathlib import Path
 
 _T0 = time.monotonic()  # a side's clock starts before its heavy imports (ray, vllm, torch)
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+
+REPO = common.REPO
 IMAGE_SIZE = (1024, 768)
 MAX_NUM = 12  # the card's max_num = the checkpoint's max_dynamic_patch: 12 tiles + thumbnail
 PROMPT = "Please describe the image shortly."  # the job's short_caption preset
-MAX_MODEL_LEN = 4096
 MAX_NUM_SEQS = 16
-KV_CACHE_GIB = 2
+MODEL = common.model_section("", max_num_seqs=MAX_NUM_SEQS, max_dynamic_patch=MAX_NUM)  # our sides' engine
+MAX_MODEL_LEN, KV_CACHE_GIB = MODEL["max_model_len"], MODEL["cpu_kvcache_gib"]  # Ray Data LLM's engine alike
 BATCH_SIZE = 16  # rows per engine call on both pipelines
 IN_FLIGHT = 4  # batches in flight per engine replica on both pipelines
 STAGE_CPUS = 0.16  # Ray Data LLM's 4 CPU stages + pre/postprocess: 1 CPU in all, as the job's CPU stage
@@ -92,8 +100,7 @@ def side_bare(spec: dict) -> dict:
             tiles = tile_image(im.convert("RGB"), max_num=MAX_NUM)
         prompt = build_prompt(PROMPT, [len(tiles)])
         reqs.append(EngineRequest(id=row["id"], prompt=prompt, tiles=tiles, sampling=sampling, media_key=row["id"]))
-    model = ModelConfig(path=spec["model"], dtype="float32", max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS,
-                        max_dynamic_patch=MAX_NUM, enforce_eager=True, cpu_kvcache_gib=KV_CACHE_GIB)  # fmt: skip
+    model = ModelConfig(**(MODEL | {"path": spec["model"]}))
     engine = VLLMEngine(model, sampling)
     try:
         results = engine.generate(reqs)
@@ -119,9 +126,7 @@ def side_bare(spec: dict) -> dict:
 def _job_config(spec: dict) -> dict:
     return {
         "input": {"path": spec["manifest"]},
-        "model": {"path": spec["model"], "dtype": "float32", "max_model_len": MAX_MODEL_LEN,
-                  "max_num_seqs": MAX_NUM_SEQS, "max_dynamic_patch": MAX_NUM, "max_images_per_prompt": 1,
-                  "enforce_eager": True, "cpu_kvcache_gib": KV_CACHE_GIB},
+        "model": MODEL | {"path": spec["model"], "max_images_per_prompt": 1},
         # One image per prompt, as the other sides' limit_mm_per_prompt (no video here).
         "preprocess": {"max_num": MAX_NUM, "video": {"num_segments": 1}},
         "task": [{"name": "caption", "preset": "short_caption", "sampling": {"max_tokens": spec["max_tokens"]}}],
@@ -209,10 +214,10 @@ def side_rdl(spec: dict) -> dict:
     config = vLLMEngineProcessorConfig(
         model_source=spec["model"],
         engine_kwargs={
-            "dtype": "float32",
+            "dtype": MODEL["dtype"],
             "max_model_len": MAX_MODEL_LEN,
             "max_num_seqs": MAX_NUM_SEQS,
-            "enforce_eager": True,
+            "enforce_eager": MODEL["enforce_eager"],
             "limit_mm_per_prompt": {"image": 1},
         },
         concurrency=1,
@@ -359,31 +364,31 @@ def _run_side(side: str, spec_path: Path, pin: bool, log_dir: Path, timeout_s: f
     return json.loads(line[7:])
 
 
-def _parity(results: dict[str, dict | None]) -> dict[str, int]:
-    """Answers equal to the bare engine's, per side: the job's texts (same decoding as bare),
-    Ray Data LLM's token ids (it decodes its own way). Pops the answers from the results."""
-    popped = {side: (r.pop("answers", None), r.pop("tokens", None)) for side, r in results.items() if r is not None}
+def compare_run(check: common.AnswerCheck, label: str, this_run: dict[str, dict | None], n_rows: int) -> dict:
+    """One run's answers against the bare engine's: the job's texts (same decoding as bare),
+    Ray Data LLM's token ids (it decodes its own way). A crashed side, a lost or failed row
+    is a failure too. Pops the answers from the results; returns {side: rows equal}."""
+    for side, r in this_run.items():
+        if r is None:
+            check.failed(f"{label}: the {NAMES[side]} side crashed (its error is printed above)")
+        elif r["rows"] != n_rows or r["failed"]:
+            check.failed(f"{label}: {NAMES[side]}: {r['rows']}/{n_rows} rows, {r['failed']} failed: {r['errors']}")
+    popped = {side: (r.pop("answers", None), r.pop("tokens", None)) for side, r in this_run.items() if r is not None}
     bare_answers, bare_tokens = popped.get("bare", (None, None))
     same = {}
-    if "job" in popped and popped["job"][0] is not None and bare_answers is not None:
-        same["job"] = sum(bare_answers.get(k) == v for k, v in popped["job"][0].items())
-    if "rdl" in popped and popped["rdl"][1] is not None and bare_tokens is not None:
-        same["rdl"] = sum(bare_tokens.get(k) == v for k, v in popped["rdl"][1].items())
-    for side, k in same.items():
-        results[side]["same_as_bare"] = k
+    for side, kind, ref in (("job", 0, bare_answers), ("rdl", 1, bare_tokens)):
+        got = popped.get(side, (None, None))[kind]
+        if got is not None and ref is not None:
+            what = "texts" if kind == 0 else "token ids"
+            differ = check.compare(f"{label}, {what}", NAMES["bare"], ref, NAMES[side], got)
+            same[side] = this_run[side]["same_as_bare"] = len(set(ref) | set(got)) - len(differ)
     return same
-
-
-def _spread(xs: list[float], fmt: str = ".3f") -> str:
-    xs = [x for x in xs if x == x]  # drop NaN
-    if not xs:
-        return "n/a"
-    return f"{statistics.median(xs):{fmt}} ({min(xs):{fmt}}-{max(xs):{fmt}})"
 
 
 def _report(n: int, max_tokens: int, runs: dict[str, list[dict | None]], sides: list[str]) -> None:
     """`runs[side][i]`: run i's figures, None where the side crashed (left out, and counted)."""
     k = len(next(iter(runs.values())))
+    fs = common.fmt_spread
     print(f"\n== {n} rows x {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} JPEG, max_tokens={max_tokens}, {k} run(s) per side: "
           f"median (min-max) ==")  # fmt: skip
     print(f"{'side':13} {'rows/s total':>20} {'rows/s steady':>20} {'total s':>18} {'busy s':>18} "
@@ -393,10 +398,10 @@ def _report(n: int, max_tokens: int, runs: dict[str, list[dict | None]], sides: 
         if not rs:
             print(f"{NAMES[side]:13} every run crashed")
             continue
-        print(f"{NAMES[side]:13} {_spread([n / r['total_s'] for r in rs]):>20} "
-              f"{_spread([n / r['busy_s'] for r in rs]):>20} {_spread([r['total_s'] for r in rs], '.1f'):>18} "
-              f"{_spread([r['busy_s'] for r in rs], '.1f'):>18} "
-              f"{_spread([r['total_s'] - r['busy_s'] for r in rs], '.1f'):>18} "
+        print(f"{NAMES[side]:13} {fs([n / r['total_s'] for r in rs]):>20} "
+              f"{fs([n / r['busy_s'] for r in rs]):>20} {fs([r['total_s'] for r in rs], '.1f'):>18} "
+              f"{fs([r['busy_s'] for r in rs], '.1f'):>18} "
+              f"{fs([r['total_s'] - r['busy_s'] for r in rs], '.1f'):>18} "
               f"{statistics.median(r['output_tokens'] for r in rs):>8.0f} "
               f"{statistics.median(r['prompt_tokens'] for r in rs):>10.0f} "
               f"{sum(r['failed'] + n - r['rows'] for r in rs):>8} {k - len(rs):>7}")  # fmt: skip
@@ -404,22 +409,30 @@ def _report(n: int, max_tokens: int, runs: dict[str, list[dict | None]], sides: 
         same = [r["same_as_bare"] for r in runs[side] if r is not None and "same_as_bare" in r]
         if same:
             print(f"{NAMES[side]:13} answers equal to the bare engine's: {min(same)}-{max(same)} of {n} per run")
+    print()
+    for side in sides:
+        rs = runs[side]
+        common.emit(f"rows/s end to end, {NAMES[side]}, max_tokens {max_tokens}",
+                    [n / r["total_s"] if r else None for r in rs], "rows/s", ".3f")  # fmt: skip
+        common.emit(f"rows/s steady, {NAMES[side]}, max_tokens {max_tokens}",
+                    [n / r["busy_s"] if r else None for r in rs], "rows/s", ".3f")  # fmt: skip
     for other in ("rdl", "bare"):
         if "job" in runs and other in runs:
             # Paired run by run: both sides of a pair ran minutes apart on the same machine.
-            pairs = [(j, o) for j, o in zip(runs["job"], runs[other]) if j is not None and o is not None]
-            total = [o["total_s"] / j["total_s"] for j, o in pairs]
-            steady = [o["busy_s"] / j["busy_s"] for j, o in pairs]
-            print(f"ratio job/{NAMES[other]:13} rows/s total {_spread(total)}   steady {_spread(steady)}")
+            job, oth = runs["job"], runs[other]
+            total = common.ratios([o and o["total_s"] for o in oth], [j and j["total_s"] for j in job])
+            steady = common.ratios([o and o["busy_s"] for o in oth], [j and j["busy_s"] for j in job])
+            common.emit(f"job/{NAMES[other]} end to end, max_tokens {max_tokens}", total, "x", ".2f")
+            common.emit(f"job/{NAMES[other]} steady, max_tokens {max_tokens}", steady, "x", ".2f")
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--max-tokens", default="16,128", help="comma-separated settings, each run on every side")
-    ap.add_argument("--runs", type=int, default=3)
+    common.add_runs_arg(ap)
     ap.add_argument("--sides", default=",".join(SIDES), help="subset of rdl,job,bare")
     ap.add_argument("--quick", action="store_true", help="smoke check: 1 run, 16 rows, max_tokens 16")
     ap.add_argument("--model", help="checkpoint dir; default: the tiny checkpoint, built in the work dir")
@@ -427,7 +440,12 @@ def main() -> int:
     ap.add_argument("--json", help="also write every run's raw figures here")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (images, outputs, per-side logs)")
     ap.add_argument("--side-timeout", type=float, default=1200, help="seconds one side may run")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    common.use_this_checkout()
+    args = build_parser().parse_args()
     if args.side:
         spec = json.loads(Path(args.spec).read_text())
         result = {"rdl": side_rdl, "job": side_job, "bare": side_bare}[args.side](spec)
@@ -450,15 +468,13 @@ def main() -> int:
     print(f"work dir {root}; {len(rows)} images; sides {sides}; max_tokens {settings}; {args.runs} run(s); "
           f"pinned: {pin}", flush=True)  # fmt: skip
     raw: dict = {}
+    check = common.AnswerCheck()
     started = time.monotonic()
     try:
         for max_tokens in settings:
-            runs: dict[str, list[dict | None]] = {s: [] for s in sides}
-            for run in range(args.runs):
-                # Rotate the order run by run: drift on a shared machine doesn't favour one side.
-                order = sides[run % len(sides) :] + sides[: run % len(sides)]
-                this_run: dict[str, dict | None] = {}
-                for side in order:
+
+            def side_fn(side: str, max_tokens: int = max_tokens):
+                def call(run: int) -> dict | None:
                     tag = f"t{max_tokens}-run{run}-{side}"
                     spec = {"model": model, "rows": rows, "manifest": str(manifest), "media_dir": str(root / "media"),
                             "max_tokens": max_tokens, "stop_token_ids": stop_ids,
@@ -470,21 +486,23 @@ def main() -> int:
                         r = _run_side(side, spec_path, pin, root, args.side_timeout)
                     except RuntimeError as e:  # one crashed side must not cost the whole benchmark
                         print(f"  !! max_tokens {max_tokens} run {run + 1}: {e}", flush=True)
-                        this_run[side] = None
-                        continue
-                    if r["rows"] != len(rows) or r["failed"]:
-                        print(f"  !! {NAMES[side]}: {r['rows']}/{len(rows)} rows, {r['failed']} failed: {r['errors']}")
-                    this_run[side] = r
+                        return None
                     print(f"max_tokens {max_tokens} run {run + 1} {NAMES[side]:13} total {r['total_s']:6.1f}s "
                           f"busy {r['busy_s']:6.1f}s  rows/s total {len(rows) / r['total_s']:.3f} "
                           f"steady {len(rows) / r['busy_s']:.3f}  rows {r['rows']} failed {r['failed']} "
                           f"out tok {r['output_tokens']}", flush=True)  # fmt: skip
-                same = _parity(this_run)
+                    return r
+
+                return call
+
+            def after_run(run: int, this_run: dict, max_tokens: int = max_tokens) -> None:
+                same = compare_run(check, f"max_tokens {max_tokens} run {run + 1}", this_run, len(rows))
                 if same:
                     print(f"max_tokens {max_tokens} run {run + 1} answers equal to the bare engine's: "
                           + ", ".join(f"{NAMES[k]} {v}/{len(rows)}" for k, v in same.items()), flush=True)  # fmt: skip
-                for side in sides:
-                    runs[side].append(this_run.get(side))
+
+            runs = common.run_rotated({s: side_fn(s) for s in sides}, args.runs, after_run=after_run,
+                                      label=f"max_tokens {max_tokens} ")  # fmt: skip
             raw[str(max_tokens)] = runs
             _report(len(rows), max_tokens, runs, sides)
         print(f"\nwhole benchmark: {(time.monotonic() - started) / 60:.1f} min")
@@ -495,7 +513,7 @@ def main() -> int:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    return 0
+    return check.exit_code()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@ fresh driver process whose peak RSS (VmHWM) is sampled from /proc:
   kill      the same 1M-row run killed at a random point, then rerun: every (id, task)
             exactly once.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 1M,10M] [--big 100M] [--plane 1M] [--kill]
+Each measurement runs --runs times (default 3), the measurements in a rotated order run by
+run, and prints median (min-max). Every run is checked: a dry run must plan the manifest's
+row count, a data-plane run (and a killed run's rerun) must write every (id, task) exactly
+once; a miss prints a line naming the measurement and makes the benchmark exit 1.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 1M,10M] [--big 100M] [--plane 1M] [--kill] [--runs 3]
     .venv/bin/python benchmarks/scale.py --quick          # 100k rows, for a smoke check
 """
 
@@ -33,7 +38,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import common  # noqa: E402
+
+REPO = common.REPO
 FILE_ROWS = 1_000_000
 
 
@@ -244,52 +252,79 @@ def _check_exactly_once(out: Path, manifest: Path) -> bool:
     return got.num_rows == want and pc.count_distinct(got["id"]).as_py() == want
 
 
-def main() -> int:
+def check_run(check: common.AnswerCheck, run: int, this: dict[str, dict], expected_rows: dict[str, int]) -> None:
+    """A dry run plans every manifest row; a data-plane run (and a killed run's rerun)
+    writes every (id, task) exactly once."""
+    planned = {case: r["rows"] for case, r in this.items() if case.startswith("dry run")}
+    check.compare(f"planned rows, run {run + 1}", "manifest", {c: expected_rows[c] for c in planned}, "plan", planned)
+    for case, r in this.items():
+        if not case.startswith("dry run"):
+            once = {"exactly once": r["exactly_once"]} | ({"kill, rerun exactly once": r["kill"]["exactly_once"]}
+                                                           if "kill" in r else {})  # fmt: skip
+            check.compare(f"{case}, run {run + 1}", "expected", dict.fromkeys(once, True), "output", once)
+
+
+def report(results: dict[str, list[dict]], sizes: list[str]) -> None:
+    for case, rs in results.items():
+        if case.startswith("dry run"):
+            print(f"{case}: {rs[0]['shards']} shards")
+            common.emit(f"{case}: wall", [r["wall_s"] for r in rs], "s", ".1f")
+            common.emit(f"{case}: driver peak RSS", [r["driver_peak_rss_mb"] for r in rs], "MB", ".0f")
+        else:
+            common.emit(f"{case}: rows/s (target >= 10,000)", [r["rows_per_s"] for r in rs], "rows/s", ",.0f")
+            common.emit(f"{case}: wall incl. start-up", [r["wall_s"] for r in rs], "s", ".1f")
+            common.emit(f"{case}: driver peak RSS", [r["driver_peak_rss_mb"] for r in rs], "MB", ".0f")
+            kills = [r["kill"] for r in rs if "kill" in r]
+            if kills:
+                print(f"{case}: killed after {[k['killed_after_s'] for k in kills]} s, reruns wrote "
+                      f"{[k['rerun_written'] for k in kills]} rows")  # fmt: skip
+    if len(sizes) >= 2:
+        for fmt in ("parquet", "jsonl"):
+            lo, hi = results[f"dry run {sizes[0]} {fmt}"], results[f"dry run {sizes[-1]} {fmt}"]
+            common.emit(f"driver RSS {sizes[-1]} / {sizes[0]} ({fmt}; target <= 1.5x)",
+                        common.ratios([r["driver_peak_rss_mb"] for r in hi], [r["driver_peak_rss_mb"] for r in lo]),
+                        "x", ".2f")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--sizes", default="1M,10M", help="dry runs over these sizes, parquet and JSONL")
+    ap.add_argument("--sizes", default="1M,10M", help="dry runs over these sizes, parquet and JSONL ('' to skip)")
     ap.add_argument("--big", default="100M", help="one more parquet dry run at this size ('' to skip)")
     ap.add_argument("--plane", default="1M", help="data-plane run size ('' to skip)")
     ap.add_argument("--kill", action="store_true", help="also kill the data-plane run once and rerun it")
     ap.add_argument("--quick", action="store_true", help="100k rows everywhere, no big run")
     ap.add_argument("--dir", default=None, help="where manifests are kept (default: a temp dir)")
-    args = ap.parse_args()
+    common.add_runs_arg(ap)
+    return ap
+
+
+def main() -> int:
+    common.use_this_checkout()
+    args = build_parser().parse_args()
     if args.child:
         return plane_child(args.child)
     if args.quick:
         args.sizes, args.big, args.plane = "100k", "", "100k"
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     root = Path(args.dir or tempfile.mkdtemp(prefix="internvl-scale-"))
-    results: dict = {"dry_run": {}, "plane": None}
-    for size in [s for s in args.sizes.split(",") if s]:
-        for fmt in ("parquet", "jsonl"):
-            manifest = write_manifest(root, _count(size), fmt)
-            results["dry_run"][f"{size} {fmt}"] = r = dry_run(root, manifest, f"{fmt}-{size}")
-            print(f"dry run {size:>5} {fmt:8}: {r['wall_s']:7.1f}s  driver peak RSS {r['driver_peak_rss_mb']:7.1f} MB"
-                  f"  ({r['shards']} shards)", flush=True)  # fmt: skip
-    if args.big:
-        manifest = write_manifest(root, _count(args.big), "parquet")
-        results["dry_run"][f"{args.big} parquet"] = r = dry_run(root, manifest, f"parquet-{args.big}")
-        print(f"dry run {args.big:>5} parquet : {r['wall_s']:7.1f}s  driver peak RSS {r['driver_peak_rss_mb']:7.1f} MB"
-              f"  ({r['shards']} shards)", flush=True)  # fmt: skip
-    dr = results["dry_run"]
     sizes = [s for s in args.sizes.split(",") if s]
-    if len(sizes) >= 2:
-        for fmt in ("parquet", "jsonl"):
-            lo, hi = dr[f"{sizes[0]} {fmt}"], dr[f"{sizes[-1]} {fmt}"]
-            print(f"driver RSS {sizes[-1]} / {sizes[0]} ({fmt}): "
-                  f"{hi['driver_peak_rss_mb'] / lo['driver_peak_rss_mb']:.2f}x (target <= 1.5x)")  # fmt: skip
+    # Every manifest first (off the clock), then the measurements, rotated run by run.
+    cases, expected = {}, {}
+    for size, fmt in [(s, f) for s in sizes for f in ("parquet", "jsonl")] + ([(args.big, "parquet")] * bool(args.big)):
+        manifest = write_manifest(root, _count(size), fmt)
+        name = f"dry run {size} {fmt}"
+        cases[name] = lambda run, manifest=manifest, name=f"{fmt}-{size}": dry_run(root, manifest, name)
+        expected[name] = _count(size)
     if args.plane:
         manifest = write_manifest(root, _count(args.plane), "parquet")
-        results["plane"] = r = plane(root, manifest, args.plane, args.kill)
-        print(f"data plane {args.plane}: {r['rows_per_s']:,.0f} rows/s (target >= 10,000; wall {r['wall_s']}s incl. "
-              f"start-up), driver peak RSS {r['driver_peak_rss_mb']:.1f} MB, exactly once: {r['exactly_once']}")  # fmt: skip
-        if args.kill:
-            k = r["kill"]
-            print(f"killed after {k['killed_after_s']}s, rerun wrote {k['rerun_written']:,} rows: "
-                  f"exactly once {k['exactly_once']}")  # fmt: skip
+        cases[f"data plane {args.plane}"] = lambda run, m=manifest: plane(root, m, args.plane, args.kill)
+    check = common.AnswerCheck()
+    results = common.run_rotated(cases, args.runs, after_run=lambda run, this: check_run(check, run, this, expected))
+    print()
+    report(results, sizes)
     print(json.dumps(results, indent=1))
-    return 0
+    return check.exit_code()
 
 
 if __name__ == "__main__":
