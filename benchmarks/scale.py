@@ -5,7 +5,9 @@ fresh driver process whose peak RSS (VmHWM) is sampled from /proc:
 
   dry-run   `internvl-batch run CONFIG --dry-run` over 1M / 10M rows (parquet and JSONL)
             and 100M rows (parquet): wall time and driver peak RSS. Targets: 10M rows
-            under 1 GB and at most 1.5x the 1M figure; 100M under 2 GB.
+            under 1 GB and at most 1.5x the 1M figure; 100M under 2 GB. A dry run cuts
+            new manifest files of up to 256 MB in all on the driver, larger ones in Ray
+            tasks (job/runner.py DRY_RUN_LOCAL_BYTES).
   plane     the whole job over 1M rows with the media and engine stages replaced by the
             trivial stages defined in this file (never in the package): rows/s and driver
             peak RSS. Target >= 10,000 rows/s here. The stand-ins isolate what the driver
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -139,8 +142,11 @@ def dry_run(root: Path, manifest: Path, name: str) -> dict:
     cfg.write_text(yaml.safe_dump(job_config(manifest, root / f"out-dry-{name}")))
     res = run_driver([sys.executable, "-m", "internvl_batch.cli", "run", str(cfg), "--dry-run"])
     assert res["returncode"] == 0, res["output"][-3000:]
-    plan = json.loads(res["output"][res["output"].index("{\n") :].split("\n}\n")[0] + "\n}")
-    return {"rows": plan["manifest_rows"], "shards": plan["shards"]["total"], **_public(res)}
+    # Its plan, as `run --dry-run` prints it (job/runner.py plan_text).
+    rows = re.search(r"^manifest: \d+ file\(s\), ([\d,]+) rows", res["output"], re.M)
+    shards = re.search(r"^shards: (\d+) in all", res["output"], re.M)
+    assert rows and shards, f"no plan in the dry run's output:\n{res['output'][-3000:]}"
+    return {"rows": int(rows[1].replace(",", "")), "shards": int(shards[1]), **_public(res)}
 
 
 def _public(res: dict) -> dict:
