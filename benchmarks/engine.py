@@ -97,9 +97,9 @@ def main() -> int:
 
     def pretiled(reqs) -> dict:
         results = engine.generate(reqs)
-        bad = [r.id for r in results if r.status != "ok"]
+        bad = [r for r in results if r.status != "ok"]
         if bad:
-            check.failed(f"pre-tiled: {len(bad)} request(s) not ok: {bad[:10]} ({results[0].error})")
+            check.failed(f"pre-tiled: {len(bad)} request(s) not ok: {[r.id for r in bad][:10]} ({bad[0].error})")
         return {r.id: tuple(r.token_ids or ()) for r in results}
 
     def stock_outs(ims, reqs) -> list:
