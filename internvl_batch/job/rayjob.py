@@ -152,6 +152,8 @@ class Entrypoint:
         if cfg is not None and _exists(cfg.output.path, cfg.output.storage_options, DONE):
             say(f"{_label(night)}{cfg.output.path} has {DONE}: done already, nothing to run")
             return None
+        if cfg is None and not own:
+            return None  # a catch-up night whose config does not load: the own night's validate says why
         if cfg is not None and night is not None and not own and not _has_input(cfg.input):
             say(
                 f"{_label(night)}no manifest at {cfg.input.path}: not a missed night, skipped (rerun it with --night {night})"

@@ -201,12 +201,20 @@ def test_a_catch_up_runs_each_missed_night_once_oldest_first(nightly, tmp_path):
 
 def test_a_late_manifest_is_waited_for_then_missing_fails(nightly, tmp_path):
     fs, env, config, prefix = nightly
-    threading.Timer(2.0, _manifest, args=(fs, prefix, _day(1))).start()
-    start = time.monotonic()
-    ran = run_entrypoint(_line(config, prefix, "--days-ago", "1", "--manifest-wait", "30"), tmp_path, extra_env=env)
-    waited = time.monotonic() - start
+    lease = f"{prefix}/captions/_lease.json"
+
+    def upstream_is_late() -> None:  # the manifest lands 3 s after the job took its lease (and began to wait)
+        deadline = time.monotonic() + 60
+        while not fs.exists(lease) and time.monotonic() < deadline:
+            fs.invalidate_cache()
+            time.sleep(0.2)
+        time.sleep(3)
+        _manifest(fs, prefix, _day(1))
+
+    threading.Thread(target=upstream_is_late, daemon=True).start()
+    ran = run_entrypoint(_line(config, prefix, "--days-ago", "1", "--manifest-wait", "60"), tmp_path, extra_env=env)
     assert ran.code == 0 and [c[0] for c in ran.calls] == ["validate", "run"], ran.stderr
-    assert 2 <= waited < 25 and "yet; looking again" in ran.stdout
+    assert "yet; looking again" in ran.stdout
 
     start = time.monotonic()
     ran = run_entrypoint(

@@ -9,10 +9,9 @@ import os
 import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-
-import tomllib
 
 from tests.k8s.manifests import REPO
 
@@ -29,6 +28,7 @@ sys.exit({func}())
 
 def console_scripts() -> dict[str, str]:
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("scripts", {})
+
 
 # Exits with the next code scripted for its subcommand (the last one repeats) and logs its argv.
 _STUB = """#!{python}
