@@ -103,6 +103,8 @@ class Entrypoint:
 
     def config(self, sets: list[str]) -> Any | None:
         """The job config as validate will see it, or None when it does not load (validate says why)."""
+        if not os.path.isfile(self.args.config):
+            return None  # (and no need to import the config's dependencies)
         from internvl_batch.config.loader import ConfigError, load_config
 
         try:

@@ -158,8 +158,12 @@ RELEASES = ("v1.6.2", "v1.7.0")
 
 def crds_from_env(release: str | None = None) -> CRDs:
     """The CRDs of $KUBERAY_CRD_DIR (its releases/<release>/ when given); without them, skip
-    locally but fail in CI."""
-    raw = os.environ.get("KUBERAY_CRD_DIR", "").strip()
+    locally but fail in CI. One loader per directory: each CRD is parsed once per session."""
+    return _crds(os.environ.get("KUBERAY_CRD_DIR", "").strip(), release)
+
+
+@functools.cache
+def _crds(raw: str, release: str | None) -> CRDs:
     problem = None
     if not raw:
         problem = "KUBERAY_CRD_DIR is not set (the Makefile sets it to ../shared/kuberay-crds)"
