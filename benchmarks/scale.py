@@ -146,8 +146,8 @@ def _stand_in_stages():
     """Defined here, not in the package: no media work, no model."""
     import pyarrow as pa
 
-    from internvl_batch.job.records import output_schema, passthrough_field, prepared_schema
     from internvl_batch.job.stages.base import AsyncStage, Stage
+    from internvl_batch.records import output_schema, passthrough_field, prepared_schema
     from internvl_batch.status import Status
 
     class NoMedia(Stage):
@@ -199,7 +199,7 @@ def plane_child(cfg_path: str) -> int:
     from internvl_batch.job.runner import run_job
 
     summary = run_job(load_config(cfg_path), stages=_stand_in_stages())
-    print("SUMMARY " + json.dumps({"rows_per_s": summary.rows_per_s, "written": summary.written_this_run,
+    print("SUMMARY " + json.dumps({"rows_per_s": summary.pairs_per_s, "written": summary.written_this_run,
                                    "wall_s": summary.wall_s, "finished": summary.finished}))  # fmt: skip
     return 0 if summary.finished else 1
 

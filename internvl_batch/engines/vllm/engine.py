@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from internvl_batch.engines.base import EngineBase, EngineFatalError, EngineRequest, EngineResult
 from internvl_batch.engines.model_path import resolve_model_path
-from internvl_batch.engines.vllm.occupancy import Occupancy, logger_class
+from internvl_batch.engines.occupancy import Occupancy
 from internvl_batch.engines.vllm.plugin import PRETILED_ARCHITECTURE
+from internvl_batch.engines.vllm.stat_logger import logger_class
 from internvl_batch.model.prompts import IMAGE_PLACEHOLDER
 from internvl_batch.status import Status
 
@@ -270,5 +271,9 @@ class VLLMEngine(EngineBase):
     def shutdown(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
+            # Our tasks first (the sampler, vLLM's output handler): an output handler still
+            # waiting when the engine core stops logs EngineDeadError, as if it had crashed.
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                self._call(_cancel_other_tasks()).result(timeout=10)
             llm.shutdown()
         self._stop_loop()

@@ -14,6 +14,7 @@ when that keeps happening.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from typing import Any
@@ -23,10 +24,10 @@ import pyarrow as pa
 from internvl_batch.config import ModelConfig, TaskConfig
 from internvl_batch.engines import EngineFatalError, EngineRequest, EngineResult, build_engine
 from internvl_batch.engines.base import run_requests
-from internvl_batch.job.records import output_schema, passthrough_field, tiles_from_bytes
 from internvl_batch.job.stages.base import AsyncStage, Batch
 from internvl_batch.model.prompts import build_prompt
 from internvl_batch.observe import metrics
+from internvl_batch.records import output_schema, passthrough_field, tiles_from_bytes
 from internvl_batch.status import Status
 
 log = logging.getLogger("internvl_batch")
@@ -48,12 +49,20 @@ class InferenceStage(AsyncStage):
         self.schema = output_schema(passthrough)
         self.attach_monitor(monitor)
         self.replica = f"{os.getpid()}"
+        self.engine = None
+        # First thing: a restart after a death nobody reported (SIGKILL, OOM) is counted now.
+        self.actor_id = self.monitor.engine_starting(self.replica)
         try:
             self.engine = build_engine(model, tasks[0].sampling)
         except Exception as e:
-            self.monitor.engine_failed(self.replica, f"engine failed to start: {type(e).__name__}: {e}")
+            cause = f"engine failed to start: {type(e).__name__}: {e}"
+            self.monitor.engine_failed(self.replica, cause, self.actor_id)
             raise
-        self.monitor.engine_started(self.replica)
+        self.monitor.engine_started(self.replica, self.actor_id)
+        # Ray ends a finished pipeline's actor by exiting its process: the engine must be shut
+        # down first, or it dies under a live AsyncLLM (EngineDeadError logged, shared memory
+        # leaked). Registered after the engine, so it runs before vLLM's own exit hooks (LIFO).
+        atexit.register(self.close)
 
     def _request(self, row: dict[str, Any], task: TaskConfig) -> EngineRequest | EngineResult:
         rid = f"{row['id']}\x1f{task.name}"
@@ -105,7 +114,7 @@ class InferenceStage(AsyncStage):
                 out.append(self._output_row(row, name, res, ms))
             else:
                 out.append(self._output_row(row, name, item, None))
-        occupancy = getattr(self.engine, "occupancy", None)
+        occupancy = self.engine.occupancy
         stats = occupancy.stats() if occupancy is not None else None
         self.monitor.batch_done(self.replica, len(out), stats)
         metrics.stage_rows(self.name, len(out))
@@ -114,11 +123,18 @@ class InferenceStage(AsyncStage):
             metrics.engine_state(self.replica, stats, occupancy.running, occupancy.waiting)
         return pa.Table.from_pylist(out, schema=self.schema)
 
+    def close(self) -> None:
+        """Shut the engine down as the actor exits (see __init__ and job/pipeline.py); the
+        job waits for the actor to be gone before it lets Ray go."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+
     def _die(self, cause: str) -> None:
         """Exit the actor's process: Ray restarts the actor with a fresh engine and re-runs
         its batches (the sink drops any row it already has). Staying alive around a dead
         engine is how jobs hang."""
         log.error("replica %s: %s; exiting so Ray replaces it", self.replica, cause)
-        self.monitor.engine_failed(self.replica, cause)
+        self.monitor.engine_failed(self.replica, cause, self.actor_id)
         logging.shutdown()
         os._exit(1)
