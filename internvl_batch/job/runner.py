@@ -102,7 +102,16 @@ def _stage_args(cfg: JobConfig, out: OutputDir, run_id: str, duplicates: str | N
     tasks = [t.name for t in cfg.task]
     out_spec = (out.url, cfg.output.storage_options)
     return {
-        "read": (cfg.input, tasks, out_spec, cfg.runtime.retry_failed, duplicates, reader_chunk_rows(cfg), monitor),
+        "read": (
+            cfg.input,
+            tasks,
+            out_spec,
+            cfg.runtime.retry_failed,
+            duplicates,
+            reader_chunk_rows(cfg),
+            monitor,
+            cfg.prompt_columns(),
+        ),
         "prepare": (cfg.preprocess, cfg.input.passthrough, monitor),
         "inference": (cfg.model, cfg.task, cfg.input.passthrough, run_id, monitor),
     }

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from internvl_batch.cli import main
-from internvl_batch.job.manifest import list_files
+from internvl_batch.job.readers import list_files
 from internvl_batch.media.headers import predict_tiles
 from internvl_batch.model.check import inspect_model
 from internvl_batch.model.prompts import build_prompt
