@@ -104,7 +104,7 @@ class TaskConfig(Section):
             try:
                 template_fields(self.prompt)
             except ValueError as e:
-                raise ValueError(f"task {self.name!r}: prompt: {e}") from None
+                raise ValueError(f"task {self.name!r}: prompt: {e} (a literal brace is written {{{{ or }}}})") from None
         return self
 
     @property

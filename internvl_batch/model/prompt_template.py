@@ -23,7 +23,7 @@ def _parse(template: str) -> list[tuple[str, str | None]]:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
-        raise ValueError(f"{e}; write a literal brace as {{{{ or }}}}") from None
+        raise ValueError(str(e)) from None
     pieces = []
     for literal, name, spec, conversion in parsed:
         if name is not None:
