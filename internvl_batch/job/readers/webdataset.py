@@ -67,7 +67,9 @@ def samples(stream: Any, base: int, with_data: bool, size_check: Any = None) -> 
     (planning) a crc of them. A sample is yielded when the next one's first header is seen,
     before that member's data is read: a reader that stops reads no further. A stream that
     ends mid-archive ends with its incomplete sample, `error` set; `size_check()` raises
-    when the cut is a short read (the file has more bytes) rather than a truncated file."""
+    when the cut is a short read (the file has more bytes) rather than a truncated file.
+    A corrupt header mid-file ends the stream the same way: tar has no markers to find the
+    next member by, so the samples after it can't be read (the row names the member)."""
     cur: Sample | None = None
     member = "its first header"
     try:
@@ -92,8 +94,9 @@ def samples(stream: Any, base: int, with_data: bool, size_check: Any = None) -> 
                 cur.members.append((fld, m.name, data if with_data else zlib.crc32(data)))
                 cur.end = base + m.offset_data + -(-m.size // _BLOCK) * _BLOCK
     except _BROKEN as e:
-        if size_check is not None:
-            size_check()
+        ended = isinstance(e, EOFError) or "end of data" in str(e) or "truncated" in str(e)
+        if ended and size_check is not None:
+            size_check()  # the stream ended early: a cut read (raised, retried) or a truncated file
         why = f"truncated or corrupt tar at {member!r}: {type(e).__name__}: {e}"
         if cur is None:
             cur = Sample("", base)

@@ -156,3 +156,34 @@ def test_tars_on_s3(s3, wds):
     cfg = InputConfig(path="s3://wds-reader/data", storage_options=storage)  # ids relative to it
     remote = [(r.id, r.error, r.image_bytes, r.video_bytes) for r in read_manifest(cfg)]
     assert remote == local
+
+
+class _EndsEarlyOnce:
+    """A filesystem whose first open of a file ends `short` bytes early, without an error
+    (a cut connection some stores report as a clean end of body)."""
+
+    def __init__(self, fs, short: int):
+        self.fs, self.short, self.opened = fs, short, 0
+
+    def open(self, path, mode="rb", **kw):
+        self.opened += 1
+        if self.opened == 1:
+            import io
+
+            return io.BufferedReader(io.BytesIO(self.fs.cat_file(path)[: -self.short]))
+        return self.fs.open(path, mode, **kw)
+
+
+def test_a_read_that_ends_early_is_retried_not_taken_for_a_truncated_tar(tmp_path):
+    members = [m for i in range(3) for m in sample_members(f"{i}", JPG[i])]
+    path = write_tar(tmp_path / "s.tar", members)
+    cfg = InputConfig(path=str(path))
+    fs, [f] = list_files(cfg)
+    [shard] = cut_shards(fs, f, 10)
+    clean = [(r.id, r.error, r.image_bytes) for _, _, r in split_rows(fs, split_of(f, [shard]), cfg)]
+    tail = len(path.read_bytes()) - path.read_bytes().index(JPG[2]) - 50  # ends inside the last image
+    flaky = _EndsEarlyOnce(fs, tail)
+    got = [(r.id, r.error, r.image_bytes) for _, _, r in split_rows(flaky, split_of(f, [shard]), cfg)]
+    assert flaky.opened == 2 and got == clean and all(e is None for _, e, _ in got)
+    planned = cut_shards(_EndsEarlyOnce(fs, tail), f, 10)  # the planner too: a short plan is never cached
+    assert [(s.rows, s.checksum) for s in planned] == [(shard.rows, shard.checksum)]
