@@ -158,8 +158,12 @@ def dry_run(root: Path, manifest: Path, name: str) -> dict:
     cfg.write_text(yaml.safe_dump(job_config(manifest, root / f"out-dry-{name}")))
     res = run_driver([sys.executable, "-m", "internvl_batch.cli", "run", str(cfg), "--dry-run"])
     assert res["returncode"] == 0, res["output"][-3000:]
-    plan = json.loads(res["output"][res["output"].index("{\n") :].split("\n}\n")[0] + "\n}")
-    return {"rows": plan["manifest_rows"], "shards": plan["shards"]["total"], **_public(res)}
+    import re
+
+    # The dry run's plan text (job/runner.py plan_text): "manifest: F file(s), R rows x ..." and "shards: S in all".
+    rows = int(re.search(r"manifest: [\d,]+ file\(s\), ([\d,]+) rows", res["output"]).group(1).replace(",", ""))
+    shards = int(re.search(r"shards: (\d+) in all", res["output"]).group(1))
+    return {"rows": rows, "shards": shards, **_public(res)}
 
 
 def _public(res: dict) -> dict:
