@@ -43,6 +43,16 @@ _BLOCK = 512
 _BROKEN = (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error)
 
 
+class _AllBut(frozenset):
+    """Every extension but these: `in` is True for all others."""
+
+    def __contains__(self, ext: object) -> bool:
+        return not super().__contains__(ext)
+
+
+_NOT_JSON = _AllBut({"json"})
+
+
 @dataclass
 class Sample:
     key: str
@@ -62,14 +72,17 @@ def _open(fs: Any, path: str, compression: str | None, byte_start: int | None):
     return raw, (compr[compression](raw, mode="rb") if compression else raw)
 
 
-def samples(stream: Any, base: int, with_data: bool, size_check: Any = None) -> Iterator[Sample]:
+def samples(
+    stream: Any, base: int, with_data: bool, size_check: Any = None, skip: frozenset = frozenset()
+) -> Iterator[Sample]:
     """The samples of a tar stream, in order. `with_data`: members carry their bytes, else
     (planning) a crc of them. A sample is yielded when the next one's first header is seen,
     before that member's data is read: a reader that stops reads no further. A stream that
     ends mid-archive ends with its incomplete sample, `error` set; `size_check()` raises
     when the cut is a short read (the file has more bytes) rather than a truncated file.
     A corrupt header mid-file ends the stream the same way: tar has no markers to find the
-    next member by, so the samples after it can't be read (the row names the member)."""
+    next member by, so the samples after it can't be read (the row names the member).
+    Members whose extension is in `skip` are passed over unread (their data: None)."""
     cur: Sample | None = None
     member = "its first header"
     try:
@@ -87,11 +100,14 @@ def samples(stream: Any, base: int, with_data: bool, size_check: Any = None) -> 
                     if cur is not None:
                         yield cur
                     cur = Sample(key, base + m.offset)
-                f = tf.extractfile(m)
-                data = f.read() if f is not None else b""
-                if len(data) < m.size:
-                    raise EOFError(f"member {m.name!r} ends after {len(data)} of its {m.size} bytes")
-                cur.members.append((fld, m.name, data if with_data else zlib.crc32(data)))
+                if fld.rsplit(".", 1)[-1].lower() in skip:
+                    cur.members.append((fld, m.name, None))  # the stream passes over it
+                else:
+                    f = tf.extractfile(m)
+                    data = f.read() if f is not None else b""
+                    if len(data) < m.size:
+                        raise EOFError(f"member {m.name!r} ends after {len(data)} of its {m.size} bytes")
+                    cur.members.append((fld, m.name, data if with_data else zlib.crc32(data)))
                 cur.end = base + m.offset_data + -(-m.size // _BLOCK) * _BLOCK
     except _BROKEN as e:
         ended = isinstance(e, EOFError) or "end of data" in str(e) or "truncated" in str(e)
@@ -135,13 +151,17 @@ class WebDatasetReader(Reader):
             return list(shards_from_records(file, records(), shard_rows, prefix_rows))
 
     def records(self, fs: Any, split: dict[str, Any], columns: list[str]) -> Iterator[Record]:
+        """Asked for one column (the duplicate pass: ids only), members that can't hold one
+        (all but `.json`) are not read."""
         if split.get("size") == 0:
             return
         start = split.get("byte_start")
         raw, stream = _open(fs, split["path"], split["compression"], start)
         n = split["shards"][0]["row_start"] if start is not None else 0
         with raw:
-            for s in samples(stream, start or 0, True, _size_check(raw, split, split["path"])):
+            keep_only_json = len(columns) == 1
+            check = _size_check(raw, split, split["path"])
+            for s in samples(stream, start or 0, True, check, _NOT_JSON if keep_only_json else frozenset()):
                 yield n, n + 1, {"__key__": s.key, "__members__": s.members, "__error__": s.error,
                                  "__rel__": split.get("rel") or split["path"]}  # fmt: skip
                 n += 1
@@ -168,6 +188,8 @@ class WebDatasetReader(Reader):
         values: dict[str, Any] = {}
         images, videos, problems = [], [], []
         for fld, name, data in rec["__members__"]:
+            if data is None:
+                continue  # not read (ids only)
             ext = fld.rsplit(".", 1)[-1].lower()
             if ext in wds.image_extensions:
                 images.append((fld, name, data))

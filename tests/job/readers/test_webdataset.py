@@ -187,3 +187,21 @@ def test_a_read_that_ends_early_is_retried_not_taken_for_a_truncated_tar(tmp_pat
     assert flaky.opened == 2 and got == clean and all(e is None for _, e, _ in got)
     planned = cut_shards(_EndsEarlyOnce(fs, tail), f, 10)  # the planner too: a short plan is never cached
     assert [(s.rows, s.checksum) for s in planned] == [(shard.rows, shard.checksum)]
+
+
+def test_ids_only_reads_the_json_members_alone(wds):
+    """The duplicate pass asks for ids: the same ids, no media read."""
+    cfg = InputConfig(path=str(wds))
+    fs, files = list_files(cfg)
+    for f in files:
+        split = split_of(f, cut_shards(fs, f, 100))
+        full = [r.id for _, _, r in split_rows(fs, split, cfg)]
+        ids = [(r.id, r.image_bytes) for _, _, r in split_rows(fs, split, cfg, ids_only=True)]
+        assert [i for i, _ in ids] == full and all(b is None for _, b in ids)
+    uid = InputConfig(path=str(wds), id_column="label")  # an id from each sample's json
+    assert [r.id for r in read_manifest(uid)][:4] == [
+        "cat",
+        "dog",
+        "cat#dup@" + str(files[0].path) + "#3",
+        "dog#dup@" + str(files[0].path) + "#4",
+    ]
