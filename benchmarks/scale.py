@@ -15,13 +15,16 @@ fresh driver process whose peak RSS (VmHWM) is sampled from /proc:
             work and inference scale with CPU workers and GPUs, not with the driver.
   kill      the same 1M-row run killed at a random point, then rerun: every (id, task)
             exactly once.
+  wds       `--dry-run` over WebDataset directories of 1k and 10k small generated tars
+            (4 samples each: a tiny jpg and a json): wall time and driver peak RSS; each tar
+            is planned by a Ray task, the driver holds O(files + shards).
 
 Each measurement runs --runs times (default 3), the measurements in a rotated order run by
 run, and prints median (min-max). Every run is checked: a dry run must plan the manifest's
-row count, a data-plane run (and a killed run's rerun) must write every (id, task) exactly
+row count (a WebDataset one also a shard per tar), a data-plane run (and a killed run's rerun) must write every (id, task) exactly
 once; a miss prints a line naming the measurement and makes the benchmark exit 1.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 1M,10M] [--big 100M] [--plane 1M] [--kill] [--runs 3]
+    .venv/bin/python benchmarks/scale.py [--sizes 1M,10M] [--big 100M] [--plane 1M] [--kill] [--wds 1k,10k] [--runs 3]
     .venv/bin/python benchmarks/scale.py --quick          # 100k rows, for a smoke check
 """
 
@@ -87,6 +90,30 @@ def write_manifest(root: Path, rows: int, fmt: str) -> Path:
     return d
 
 
+def write_wds(root: Path, tars: int, samples: int = 4) -> Path:
+    """`tars` small WebDataset shards (`{00000..}.tar`), `samples` per tar: key.jpg + key.json."""
+    import io
+    import tarfile
+
+    d = root / f"wds-{tars}"
+    if (d / "_complete").exists():
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    for t in range(tars):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for s in range(samples):
+                key = f"{t * samples + s:09d}"
+                for ext, data in (("jpg", b"\xff\xd8 not decoded by planning " + key.encode()),
+                                  ("json", json.dumps({"caption": f"sample {key}"}).encode())):  # fmt: skip
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        (d / f"{t:05d}.tar").write_bytes(buf.getvalue())
+    (d / "_complete").touch()
+    return d
+
+
 def job_config(manifest: Path, out: Path, **runtime) -> dict:
     return {
         "input": {"path": str(manifest)},
@@ -143,7 +170,7 @@ def dry_run(root: Path, manifest: Path, name: str) -> dict:
     res = run_driver([sys.executable, "-m", "internvl_batch.cli", "run", str(cfg), "--dry-run"])
     assert res["returncode"] == 0, res["output"][-3000:]
     # Its plan, as `run --dry-run` prints it (job/runner.py plan_text).
-    rows = re.search(r"^manifest: \d+ file\(s\), ([\d,]+) rows", res["output"], re.M)
+    rows = re.search(r"^manifest: [\d,]+ file\(s\), ([\d,]+) rows", res["output"], re.M)
     shards = re.search(r"^shards: (\d+) in all", res["output"], re.M)
     assert rows and shards, f"no plan in the dry run's output:\n{res['output'][-3000:]}"
     return {"rows": int(rows[1].replace(",", "")), "shards": int(shards[1]), **_public(res)}
@@ -200,6 +227,8 @@ def _stand_in_stages():
                 "num_tiles": pa.array([1] * n, pa.int32()), "media": batch["media"], "model": pa.array(["echo"] * n),
                 "run_id": pa.array([self.run_id] * n), "preprocess_ms": pa.array([0.0] * n),
                 "engine_ms": pa.array([0.0] * n), "shard": batch["shard"], "row": batch["row"],
+                "responses": pa.nulls(n, pa.list_(pa.string())), "finish_reasons": pa.nulls(n, pa.list_(pa.string())),
+                "output_token_counts": pa.nulls(n, pa.list_(pa.int32())),
                 **{c: batch[passthrough_field(c)] for c in self.passthrough},
             }  # fmt: skip
             return pa.table(cols).cast(self.schema)
@@ -258,11 +287,11 @@ def _check_exactly_once(out: Path, manifest: Path) -> bool:
     return got.num_rows == want and pc.count_distinct(got["id"]).as_py() == want
 
 
-def check_run(check: common.AnswerCheck, run: int, this: dict[str, dict], expected_rows: dict[str, int]) -> None:
-    """A dry run plans every manifest row; a data-plane run (and a killed run's rerun)
-    writes every (id, task) exactly once."""
-    planned = {case: r["rows"] for case, r in this.items() if case.startswith("dry run")}
-    check.compare(f"planned rows, run {run + 1}", "manifest", {c: expected_rows[c] for c in planned}, "plan", planned)
+def check_run(check: common.AnswerCheck, run: int, this: dict[str, dict], expected: dict[str, dict]) -> None:
+    """A dry run plans every manifest row (and the shards known beforehand: a tar's); a
+    data-plane run (and a killed run's rerun) writes every (id, task) exactly once."""
+    planned = {case: {k: r[k] for k in expected[case]} for case, r in this.items() if case.startswith("dry run")}
+    check.compare(f"plans, run {run + 1}", "manifest", {c: expected[c] for c in planned}, "plan", planned)
     for case, r in this.items():
         if not case.startswith("dry run"):
             once = {"exactly once": r["exactly_once"]} | ({"kill, rerun exactly once": r["kill"]["exactly_once"]}
@@ -270,7 +299,7 @@ def check_run(check: common.AnswerCheck, run: int, this: dict[str, dict], expect
             check.compare(f"{case}, run {run + 1}", "expected", dict.fromkeys(once, True), "output", once)
 
 
-def report(results: dict[str, list[dict]], sizes: list[str]) -> None:
+def report(results: dict[str, list[dict]], sizes: list[str], wds: list[str]) -> None:
     for case, rs in results.items():
         if case.startswith("dry run"):
             print(f"{case}: {rs[0]['shards']} shards")
@@ -284,12 +313,14 @@ def report(results: dict[str, list[dict]], sizes: list[str]) -> None:
             if kills:
                 print(f"{case}: killed after {[k['killed_after_s'] for k in kills]} s, reruns wrote "
                       f"{[k['rerun_written'] for k in kills]} rows")  # fmt: skip
-    if len(sizes) >= 2:
-        for fmt in ("parquet", "jsonl"):
-            lo, hi = results[f"dry run {sizes[0]} {fmt}"], results[f"dry run {sizes[-1]} {fmt}"]
-            common.emit(f"driver RSS {sizes[-1]} / {sizes[0]} ({fmt}; target <= 1.5x)",
-                        common.ratios([r["driver_peak_rss_mb"] for r in hi], [r["driver_peak_rss_mb"] for r in lo]),
-                        "x", ".2f")  # fmt: skip
+    # Driver RSS of the biggest over the smallest size, paired run by run.
+    pairs = [(f"{sizes[-1]} / {sizes[0]} ({fmt}; target <= 1.5x)", f"{sizes[0]} {fmt}", f"{sizes[-1]} {fmt}")
+             for fmt in ("parquet", "jsonl")] if len(sizes) >= 2 else []  # fmt: skip
+    if len(wds) >= 2:
+        pairs.append((f"{wds[-1]} / {wds[0]} tars (webdataset)", f"{wds[0]} webdataset", f"{wds[-1]} webdataset"))
+    for what, lo, hi in pairs:
+        rss_lo, rss_hi = ([r["driver_peak_rss_mb"] for r in results[f"dry run {k}"]] for k in (lo, hi))
+        common.emit(f"driver RSS {what}", common.ratios(rss_hi, rss_lo), "x", ".2f")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--big", default="100M", help="one more parquet dry run at this size ('' to skip)")
     ap.add_argument("--plane", default="1M", help="data-plane run size ('' to skip)")
     ap.add_argument("--kill", action="store_true", help="also kill the data-plane run once and rerun it")
+    ap.add_argument("--wds", default="", help="dry runs over WebDataset dirs of this many tars, e.g. 1k,10k")
     ap.add_argument("--quick", action="store_true", help="100k rows everywhere, no big run")
     ap.add_argument("--dir", default=None, help="where manifests are kept (default: a temp dir)")
     common.add_runs_arg(ap)
@@ -321,14 +353,19 @@ def main() -> int:
         manifest = write_manifest(root, _count(size), fmt)
         name = f"dry run {size} {fmt}"
         cases[name] = lambda run, manifest=manifest, name=f"{fmt}-{size}": dry_run(root, manifest, name)
-        expected[name] = _count(size)
+        expected[name] = {"rows": _count(size)}
+    wds = [s for s in args.wds.split(",") if s]
+    for size in wds:
+        d, name = write_wds(root, _count(size)), f"dry run {size} webdataset"
+        cases[name] = lambda run, d=d, name=f"wds-{size}": dry_run(root, d, name)
+        expected[name] = {"rows": 4 * _count(size), "shards": _count(size)}  # 4 samples a tar, a shard a tar
     if args.plane:
         manifest = write_manifest(root, _count(args.plane), "parquet")
         cases[f"data plane {args.plane}"] = lambda run, m=manifest: plane(root, m, args.plane, args.kill)
     check = common.AnswerCheck()
     results = common.run_rotated(cases, args.runs, after_run=lambda run, this: check_run(check, run, this, expected))
     print()
-    report(results, sizes)
+    report(results, sizes, wds)
     print(json.dumps(results, indent=1))
     return check.exit_code()
 

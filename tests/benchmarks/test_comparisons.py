@@ -81,14 +81,18 @@ def test_peers_equal_answers_pass(capsys):
 
 def test_scale_plans_every_row_and_writes_each_once(capsys):
     this = {
-        "dry run 1M parquet": {"rows": 1_000_000},
-        "dry run 1M jsonl": {"rows": 999_999},
+        "dry run 1M parquet": {"rows": 1_000_000, "shards": 50},
+        "dry run 1M jsonl": {"rows": 999_999, "shards": 50},
+        "dry run 1k webdataset": {"rows": 4_000, "shards": 999},
         "data plane 1M": {"exactly_once": True, "kill": {"exactly_once": False}},
     }
-    expected = {"dry run 1M parquet": 1_000_000, "dry run 1M jsonl": 1_000_000}
+    expected = {"dry run 1M parquet": {"rows": 1_000_000}, "dry run 1M jsonl": {"rows": 1_000_000},
+                "dry run 1k webdataset": {"rows": 4_000, "shards": 1_000}}  # fmt: skip
     check = common.AnswerCheck()
     scale.check_run(check, 0, this, expected)
     lines = _lines(capsys)
-    assert "ANSWERS DIFFER planned rows, run 1: plan vs manifest: 1 of 2 rows: dry run 1M jsonl" in lines
+    assert (
+        "ANSWERS DIFFER plans, run 1: plan vs manifest: 2 of 3 rows: dry run 1M jsonl, dry run 1k webdataset" in lines
+    )
     assert "ANSWERS DIFFER data plane 1M, run 1: output vs expected: 1 of 2 rows: kill, rerun exactly once" in lines
     assert check.exit_code() == 1
