@@ -11,12 +11,12 @@ DEFAULT_TINY_DIR = Path(".cache/tiny-internvl2_5")
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
-    from internvl_batch.devtools.tiny_model import FAMILIES, make_tiny_model
+    from internvl_batch.devtools.tiny_model import TWINS, make_tiny_model
 
     start = time.perf_counter()
     out = make_tiny_model(args.dir, seed=args.seed, fmt=args.format, family=args.family)
     size = sum(f.stat().st_size for f in out.iterdir())
-    fam = FAMILIES[args.family]
+    fam = TWINS[args.family]
     print(
         f"tiny twin of {fam.mirrors} ({args.family}, template {fam.template.name}, {args.format} layout) in {out}: "
         f"{size / 1e6:.2f} MB, built in {time.perf_counter() - start:.1f}s"
@@ -264,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["original", "hf"], default="original")
     p.add_argument(
         "--family",
-        choices=["qwen2", "internlm2", "phi3", "llama3", "qwen3"],
+        choices=["qwen2", "internlm2", "phi3", "phi3-internvl2", "llama3", "qwen3"],
         default="qwen2",
         help="the LLM family (and published checkpoint) it mirrors: qwen2 InternVL2_5-1B, internlm2 InternVL2_5-8B, "
-        "phi3 Mini-InternVL-Chat-4B-V1-5, llama3 InternVL2-Llama3-76B, qwen3 InternVL3_5-1B",
+        "phi3 Mini-InternVL-Chat-4B-V1-5, phi3-internvl2 InternVL2-4B, llama3 InternVL2-Llama3-76B, qwen3 "
+        "InternVL3_5-1B",
     )
     p.set_defaults(func=_make_tiny_model)
 

@@ -17,6 +17,7 @@ from internvl_batch.config.model import ModelConfig, SamplingConfig
 from internvl_batch.media.decode import DecodeConfig
 from internvl_batch.media.fetch import FetchConfig
 from internvl_batch.media.video import VideoConfig
+from internvl_batch.model.workload import TaskShape, Workload
 
 
 class InputConfig(Section):
@@ -176,4 +177,22 @@ class JobConfig(Section):
                 f"preprocess.video.num_segments={frames} exceeds model.max_images_per_prompt="
                 f"{self.model.max_images_per_prompt} (each frame is one image)"
             )
+        self.model._workload = self.workload()
         return self
+
+    def workload(self) -> Workload:
+        """Every tile layout a row can reach the engine with, and what each task asks."""
+        from internvl_batch.media.tiling import split_tile_budget
+
+        pre = self.preprocess
+
+        def tiles(max_num: int) -> int:  # a grid of up to max_num tiles, plus the thumbnail
+            return max_num + (1 if pre.use_thumbnail and max_num > 1 else 0)
+
+        layouts = [("image", (tiles(pre.max_num),)), ("video", (1,) * pre.video.num_segments)]
+        for n in range(2, self.model.max_images_per_prompt + 1):
+            layouts.append(("image", tuple(tiles(b) for b in split_tile_budget(n, pre.multi_image_max_num))))
+        tasks = tuple(
+            TaskShape(t.name, t.question_for(None), t.system_message, t.sampling.max_tokens) for t in self.task
+        )
+        return Workload(tuple(layouts), tasks)
