@@ -125,3 +125,19 @@ class Oracle:
         # transformers 4.x's fast `_decode`: the tokenizers decode, then the config's clean-up
         text = self.fast.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
         return clean_up_tokenization(text) if self.clean_up else text
+
+
+def twin_with_llm_config(src: Path, dst: Path, **changes) -> Path:
+    """A copy of a twin whose llm_config has `changes` (e.g. a small
+    original_max_position_embeddings, so that sequences beyond it are cheap on a CPU)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["llm_config"].update(changes)
+    (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    return dst
+
+
+# The phi3 twin with LongRoPE switching at 64 tokens (the card's rule, tested where it is cheap).
+SHORT_ORIGINAL = 64
