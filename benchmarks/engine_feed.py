@@ -6,7 +6,7 @@ often the engine has work queued. This CPU build cannot show that through throug
 alone (the engine's own speed moves ±40% between runs here), so each side reports:
   busy_s     from the engine's first request to its last result (start-up excluded);
   occupancy  the share of that steady state with requests waiting or max_num_seqs running,
-             from vLLM's own scheduler statistics (engines/vllm/occupancy.py).
+             from vLLM's own scheduler statistics (engines/occupancy.py, fed by engines/vllm/stat_logger.py).
 job/bare = bare busy_s / job busy_s (1.0: the job costs the engine nothing).
 
 Both sides run in a fresh process pinned to core 0 (`taskset`), with vLLM's compute

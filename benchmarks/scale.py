@@ -146,8 +146,8 @@ def _stand_in_stages():
     """Defined here, not in the package: no media work, no model."""
     import pyarrow as pa
 
-    from internvl_batch.job.records import output_schema, passthrough_field, prepared_schema
     from internvl_batch.job.stages.base import AsyncStage, Stage
+    from internvl_batch.records import output_schema, passthrough_field, prepared_schema
     from internvl_batch.status import Status
 
     class NoMedia(Stage):

@@ -64,9 +64,13 @@ def _smoke(args: argparse.Namespace) -> int:
 
 def _error(e: BaseException, cfg=None, prefix: str = "", suffix: str = "") -> None:
     """An error for the terminal (and the RayJob's log): no URL signature, no credential."""
-    from internvl_batch.job.runner import scrub
+    print(_scrub(f"error: {prefix}{e}{suffix}", cfg), file=sys.stderr)
 
-    print(scrub(f"error: {prefix}{e}{suffix}", cfg), file=sys.stderr)
+
+def _scrub(text: str, cfg=None) -> str:
+    from internvl_batch.storage.redact import scrub
+
+    return scrub(text, cfg.secret_values() if cfg is not None else ())
 
 
 def _load(args: argparse.Namespace):
@@ -83,8 +87,7 @@ def _validate(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
-    from internvl_batch.config.redact import redacted
-    from internvl_batch.job.runner import scrub
+    from internvl_batch.storage.redact import redacted
 
     shown = redacted(cfg)
     print(
@@ -97,7 +100,7 @@ def _validate(args: argparse.Namespace) -> int:
     from internvl_batch.model.check import ModelCheckError, inspect_model
 
     try:
-        print(scrub(inspect_model(cfg.model).summary(), cfg))
+        print(_scrub(inspect_model(cfg.model).summary(), cfg))
     except ModelCheckError as e:
         _error(e, cfg, suffix=" (may pass on a retry)" if e.retryable else "")
         return 1 if e.retryable else 2
@@ -106,7 +109,7 @@ def _validate(args: argparse.Namespace) -> int:
     except ManifestError as e:
         _error(e, cfg)
         return 2
-    print(scrub(report, cfg))  # its rows name their media URLs
+    print(_scrub(report, cfg))  # its rows name their media URLs
     return 0
 
 
@@ -137,8 +140,7 @@ def _plan(args: argparse.Namespace) -> int:
     import json
 
     from internvl_batch.job.manifest import ManifestError
-    from internvl_batch.job.runner import scrub
-    from internvl_batch.observe.preflight import Rates, make_preflight
+    from internvl_batch.preflight.estimate import Rates, make_preflight
 
     try:
         rates = None
@@ -150,7 +152,7 @@ def _plan(args: argparse.Namespace) -> int:
     except (ManifestError, ValueError, OSError) as e:
         _error(e, cfg)
         return 2
-    print(scrub(json.dumps(result.to_dict(), indent=1) if args.json else result.text(), cfg))
+    print(_scrub(json.dumps(result.to_dict(), indent=1) if args.json else result.text(), cfg))
     return 0
 
 

@@ -18,6 +18,8 @@ from internvl_batch.media.decode import DecodeConfig
 from internvl_batch.media.fetch import FetchConfig
 from internvl_batch.media.video import VideoConfig
 from internvl_batch.model.workload import TaskShape, Workload
+from internvl_batch.records import check_passthrough
+from internvl_batch.storage.redact import secret_values
 
 
 class InputConfig(Section):
@@ -148,6 +150,12 @@ class JobConfig(Section):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, dict) else v
 
+    def secret_values(self) -> list[str]:
+        """The credentials this config holds (storage options, engine kwargs), for `scrub`."""
+        m = self.model
+        return secret_values([self.input.storage_options, self.output.storage_options,
+                              self.preprocess.fetch.storage_options, m.storage_options, m.engine_kwargs])  # fmt: skip
+
     def engine_batches_in_flight(self) -> int:
         """`runtime.engine_batches_in_flight`, or the default sized from max_num_seqs and the tasks."""
         rt = self.runtime
@@ -168,8 +176,6 @@ class JobConfig(Section):
                 f"preprocess.max_num={self.preprocess.max_num} exceeds model.max_dynamic_patch="
                 f"{self.model.max_dynamic_patch}: the engine would refuse those images"
             )
-        from internvl_batch.job.records import check_passthrough
-
         check_passthrough(self.input.passthrough)
         frames = self.preprocess.video.num_segments
         if frames > self.model.max_images_per_prompt:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from internvl_batch.engines.occupancy import Occupancy
 from internvl_batch.model.prompts import Prompt
 from internvl_batch.model.templates import Template
 from internvl_batch.status import Status
@@ -59,6 +60,8 @@ class EngineFatalError(RuntimeError):
 class Engine(Protocol):
     # The checkpoint's conversation template (model/check.py): prompts are built with it.
     template: Template
+    # How busy the engine's scheduler kept the device; None for an engine that can't tell.
+    occupancy: Occupancy | None
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
         """One result per request, in order. Per-row failures are results, not raises;
@@ -174,6 +177,7 @@ class EngineBase:
         # below model.max_model_len so that vLLM uses the RoPE factors the card uses.
         self.max_model_len = self.checkpoint.rope_plan.max_model_len
         self.sequence_limit = self.checkpoint.rope_plan.sequence_limit
+        self.occupancy: Occupancy | None = None
 
     def sampling_for(self, req: EngineRequest) -> SamplingConfig:
         return req.sampling or self.default_sampling

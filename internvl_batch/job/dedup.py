@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from internvl_batch import storage_retry
 from internvl_batch.config import InputConfig
+from internvl_batch.storage import retry
 
 _ID_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("row", pa.int64()), ("rank", pa.int64())])
 _ROWS_PER_PARTITION = 2_000_000
 
 
-def plan_key(shards: list[Any], id_column: str) -> str:
+def shards_key(shards: list[Any], id_column: str) -> str:
     h = hashlib.sha1(id_column.encode())
     for s in shards:
         h.update(f"{s.id}:{s.checksum}:{s.rows};".encode())
@@ -106,12 +106,12 @@ def _write(out_spec: tuple[str, dict], name: str, *parts: pa.Table) -> int:
 def _map_counted(*args: Any) -> tuple:
     """`_map`'s partitions, then the storage retries its reads took (for the run summary)."""
     parts = _map(*args)
-    return (*(parts if isinstance(parts, tuple) else (parts,)), storage_retry.drain())
+    return (*(parts if isinstance(parts, tuple) else (parts,)), retry.drain())
 
 
 def _write_counted(*args: Any) -> tuple[int, dict[str, int]]:
     n = _write(*args)
-    return n, storage_retry.drain()
+    return n, retry.drain()
 
 
 def find_duplicates(
@@ -141,5 +141,5 @@ def find_duplicates(
     write_task = ray.remote(_write_counted).options(num_cpus=num_cpus)
     n, counts = ray.get(write_task.remote(out_spec, name, *reduced))
     for c in [counts, *ray.get(counted)]:
-        storage_retry.record(c)
+        retry.record(c)
     return int(n)

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from internvl_batch import storage_retry
 from internvl_batch.config import InputConfig, PreprocessConfig
-from internvl_batch.job.records import passthrough_field
-from internvl_batch.job.shards import ManifestFile, Shard, is_record, plan_file
-from internvl_batch.media.redact import redact_url
+from internvl_batch.job.shards import ManifestFile, Shard, cut_shards, is_record
+from internvl_batch.records import passthrough_field
 from internvl_batch.status import Status
+from internvl_batch.storage import retry
+from internvl_batch.storage.redact import redact_url
 
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 _COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
@@ -103,18 +103,18 @@ def list_files(cfg: InputConfig) -> tuple[Any, list[ManifestFile]]:
         )
     fs, root = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
     if any(c in root for c in "*?["):
-        infos = storage_retry.call("manifest_list", cfg.path, lambda: fs.glob(root, detail=True))
+        infos = retry.call("manifest_list", cfg.path, lambda: fs.glob(root, detail=True))
     else:
         # One info() instead of isdir()/exists(): those answer False when the request itself
         # fails, which would call a throttled manifest missing (exit 2, "fix it first").
         try:
-            info = storage_retry.call("manifest_list", cfg.path, lambda: fs.info(root))
+            info = retry.call("manifest_list", cfg.path, lambda: fs.info(root))
         except Exception as e:
-            if storage_retry.is_missing(e):
+            if retry.is_missing(e):
                 raise ManifestError(f"input.path={cfg.path!r} does not exist") from None
             raise
         if info.get("type") == "directory":
-            found = storage_retry.call("manifest_list", cfg.path, lambda: fs.find(root, detail=True))
+            found = retry.call("manifest_list", cfg.path, lambda: fs.find(root, detail=True))
             infos = {p: i for p, i in found.items() if _is_manifest(p)}
         else:
             infos = {root: info}
@@ -259,7 +259,7 @@ def split_rows(
     or attempts used up, is raised: rows are never skipped."""
     lo = min(s["row_start"] for s in split["shards"])
     hi = max(s["row_start"] + s["rows"] for s in split["shards"])
-    attempts = storage_retry.Attempts(op, f"{split['path']} (records {lo}-{hi - 1})")
+    attempts = retry.Attempts(op, f"{split['path']} (records {lo}-{hi - 1})")
     after = None
     while True:
         try:
@@ -308,9 +308,7 @@ def _split_rows(fs: Any, split: dict[str, Any], cfg: InputConfig, lo: int, hi: i
         if last < hi - 1:
             # Fewer records than the plan counted: a cut read nothing below noticed, or a file
             # changed since it was planned. Either way the missing rows must not pass unseen.
-            raise storage_retry.ShortRead(
-                f"{path}: the read ended after record {last}, the plan has records {lo}-{hi - 1}"
-            )
+            raise retry.ShortRead(f"{path}: the read ended after record {last}, the plan has records {lo}-{hi - 1}")
 
 
 def read_manifest(cfg: InputConfig) -> list[ManifestRow]:
@@ -320,7 +318,7 @@ def read_manifest(cfg: InputConfig) -> list[ManifestRow]:
     rows: list[ManifestRow] = []
     seen: set[str] = set()
     for file in files:
-        for shard in plan_file(fs, file, shard_rows=1 << 30):
+        for shard in cut_shards(fs, file, shard_rows=1 << 30):
             for _, line_no, row in split_rows(fs, split_of(file, [shard]), cfg):
                 if row.id in seen:
                     row.mark_duplicate(cfg.id_column, f"{file.path}#{line_no}")

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from internvl_batch import storage_retry
 from internvl_batch.status import Status
+from internvl_batch.storage import retry
 
 LEDGER = "_ledger"
 STATE = "_state"
@@ -56,7 +56,7 @@ class OutputDir:
         self.url = path
         self.fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
         self.root = root.rstrip("/")
-        storage_retry.call("output_write", self.url, lambda: self.fs.makedirs(self.root, exist_ok=True))
+        retry.call("output_write", self.url, lambda: self.fs.makedirs(self.root, exist_ok=True))
         protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
         self.local = "file" in protocols or "local" in protocols
 
@@ -66,11 +66,11 @@ class OutputDir:
     # -- files ------------------------------------------------------------------------
     def part_files(self, shard: str | None = None) -> list[str]:
         pattern = self.path(f"part-{shard + '-' if shard else ''}*.parquet")
-        return sorted(storage_retry.call("output_list", pattern, lambda: self.fs.glob(pattern)))
+        return sorted(retry.call("output_list", pattern, lambda: self.fs.glob(pattern)))
 
     def write_atomic(self, name: str, data: pa.Table | bytes, metadata: dict[bytes, bytes] | None = None) -> str:
         """The whole object under its final name, or nothing; safe to repeat, so transient
-        errors are retried (internvl_batch/storage_retry.py). Object stores publish an object
+        errors are retried (internvl_batch/retry.py). Object stores publish an object
         only when its upload completes; on a local or POSIX filesystem we write a dot-file
         (which readers skip) and rename it.
 
@@ -83,7 +83,7 @@ class OutputDir:
             data = buf.getvalue()
         final = self.path(name)
         if not self.local:
-            storage_retry.call("output_write", final, lambda: self.fs.pipe_file(final, data))
+            retry.call("output_write", final, lambda: self.fs.pipe_file(final, data))
             return final
         head, _, base = name.rpartition("/")
         tmp = self.path(f"{head + '/' if head else ''}.{base}.tmp")
@@ -94,7 +94,7 @@ class OutputDir:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, final)
 
-        storage_retry.call("output_write", final, write)
+        retry.call("output_write", final, write)
         return final
 
     def write_json(self, name: str, obj: Any) -> None:
@@ -104,9 +104,9 @@ class OutputDir:
         """None when it does not exist; a transient error is retried, never taken for "missing"."""
         path = self.path(name)
         try:
-            data = storage_retry.call("output_read", path, lambda: self.fs.cat_file(path))
+            data = retry.call("output_read", path, lambda: self.fs.cat_file(path))
         except Exception as e:
-            if storage_retry.is_missing(e):
+            if retry.is_missing(e):
                 return None
             raise
         return json.loads(data)
@@ -114,7 +114,7 @@ class OutputDir:
     def read_table(self, name: str, **kwargs: Any) -> pa.Table:
         """A parquet file under the output (pq.read_table's columns, filters ...), retried."""
         path = self.path(name)
-        return storage_retry.call("output_read", path, lambda: pq.read_table(path, filesystem=self.fs, **kwargs))
+        return retry.call("output_read", path, lambda: pq.read_table(path, filesystem=self.fs, **kwargs))
 
     def read_jsons(self, names: list[str]) -> dict[str, Any]:
         """Many small files at once (object stores: concurrent requests)."""
@@ -128,15 +128,15 @@ class OutputDir:
         False when the check itself fails, which would keep a file that must go."""
         for p in paths:
             try:
-                storage_retry.call("output_remove", p, lambda p=p: self.fs.rm(p))
+                retry.call("output_remove", p, lambda p=p: self.fs.rm(p))
             except Exception as e:
-                if not storage_retry.is_missing(e):
+                if not retry.is_missing(e):
                     raise
 
     # -- the ledger -------------------------------------------------------------------
     def ledger_ids(self) -> list[str]:
         pattern = self.path(f"{LEDGER}/*.json")
-        found = storage_retry.call("output_list", pattern, lambda: self.fs.glob(pattern))
+        found = retry.call("output_list", pattern, lambda: self.fs.glob(pattern))
         return sorted(p.rsplit("/", 1)[-1][: -len(".json")] for p in found)
 
     def read_ledger(self, shard_ids: list[str]) -> dict[str, dict]:
@@ -175,7 +175,7 @@ class OutputDir:
             with self.fs.open(path, "rb") as f:
                 return read(f, **kwargs)
 
-        return storage_retry.call("output_read", path, attempt)
+        return retry.call("output_read", path, attempt)
 
     def part_checksums(self, shard: str) -> set[str]:
         sums = set()

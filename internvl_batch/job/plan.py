@@ -20,13 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from internvl_batch import storage_retry
 from internvl_batch.config import JobConfig
 from internvl_batch.job.manifest import ManifestError, list_files, split_of
 from internvl_batch.job.output import STATE, OutputDir, shard_of_part, status_counts
-from internvl_batch.job.shards import ManifestFile, Shard, plan_file
+from internvl_batch.job.shards import ManifestFile, Shard, cut_shards
 from internvl_batch.job.sink import ShardTodo
 from internvl_batch.status import SETTLED
+from internvl_batch.storage import retry
 
 log = logging.getLogger("internvl_batch")
 
@@ -72,8 +72,8 @@ def _plan_one(args: tuple) -> dict[str, Any]:
     import fsspec
 
     fs, _ = fsspec.core.url_to_fs(fs_spec[0], **fs_spec[1])
-    shards = [s.to_dict() for s in plan_file(fs, file, shard_rows, prefix_rows)]
-    return {"shards": shards, "counters": storage_retry.drain()}
+    shards = [s.to_dict() for s in cut_shards(fs, file, shard_rows, prefix_rows)]
+    return {"shards": shards, "counters": retry.drain()}
 
 
 def _check_settings(out: OutputDir, cfg: JobConfig, write: bool) -> None:
@@ -116,7 +116,7 @@ def _shards_of_files(
         fs_spec = (cfg.input.path, cfg.input.storage_options)
         jobs = [(fs_spec, f, shard_rows, prefix) for f, prefix in stale]
         for (f, _), planned in zip(stale, mapper(_plan_one, jobs)):
-            storage_retry.record(planned["counters"])
+            retry.record(planned["counters"])
             shards = planned["shards"]
             per_file[f.path] = [Shard.from_dict(d) for d in shards]
             if write:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -19,20 +18,20 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from internvl_batch import storage_retry
 from internvl_batch.config import JobConfig
-from internvl_batch.config.redact import is_secret_name, redact_text, redact_values, redacted, secret_values
-from internvl_batch.engines.vllm.occupancy import combine
-from internvl_batch.job.dedup import find_duplicates, plan_key
+from internvl_batch.engines.occupancy import combine
+from internvl_batch.job.dedup import find_duplicates, shards_key
 from internvl_batch.job.monitor import JobFailed, stalled_stage, start_monitor
 from internvl_batch.job.output import STATE, OutputDir, new_run_id
 from internvl_batch.job.plan import Plan, make_plan, read_splits
-from internvl_batch.job.records import output_schema
 from internvl_batch.job.sink import ShardSink
 from internvl_batch.observe import metrics
 from internvl_batch.observe.progress import Progress
 from internvl_batch.observe.report import write_report
 from internvl_batch.observe.timeline import Timeline
+from internvl_batch.records import output_schema
+from internvl_batch.storage import retry
+from internvl_batch.storage.redact import redacted, scrub
 
 log = logging.getLogger("internvl_batch")
 
@@ -63,21 +62,6 @@ class RunSummary:
         return self.plan.get("rows_x_tasks_to_do", 0)
 
 
-def scrub(text: str, cfg: JobConfig | None = None) -> str:
-    """`text` fit for a log line, a message or a report: URLs redacted, and every credential
-    the config's storage options or this process's environment hold replaced (an exception
-    from a storage SDK or a worker's traceback may quote anything)."""
-    secrets = []
-    if cfg is not None:
-        # Where credentials live.
-        options = [cfg.input.storage_options, cfg.output.storage_options, cfg.preprocess.fetch.storage_options,
-                   cfg.model.storage_options, cfg.model.engine_kwargs]  # fmt: skip
-        secrets = secret_values(options)
-    # Long values only: XDG_SESSION_CLASS=user must not turn every "user" into REDACTED.
-    secrets += [v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= 8]
-    return redact_values(redact_text(text), secrets)
-
-
 def _ray_mapper(ray, num_cpus: float):
     def mapper(fn, items):
         task = ray.remote(fn).options(num_cpus=num_cpus)
@@ -88,7 +72,7 @@ def _ray_mapper(ray, num_cpus: float):
 
 def _duplicates(ray, cfg: JobConfig, plan: Plan, out: OutputDir) -> tuple[str | None, int]:
     """The cached losers file of this plan, computed once (see job/dedup.py)."""
-    name = f"{STATE}/duplicates-{plan_key(plan.shards, cfg.input.id_column)}.parquet"
+    name = f"{STATE}/duplicates-{shards_key(plan.shards, cfg.input.id_column)}.parquet"
     marker = out.read_json(name + ".json")
     if marker is None:
         index = {s.id: i for i, s in enumerate(plan.shards)}
@@ -152,7 +136,7 @@ def execute(ray, cfg: JobConfig, plan: Plan, sink: ShardSink, progress: Progress
             snap = _snapshot(ray, monitor)
             cause = snap.get("fatal") or snap.get("last_engine_failure")
             failure = f"the pipeline failed: {type(item).__name__}: {item}" + (f" (cause: {cause})" if cause else "")
-            raise JobFailed(scrub(failure, cfg))
+            raise JobFailed(scrub(failure, cfg.secret_values()))
         now = time.monotonic()
         if item is not None:
             sink.add(item)
@@ -166,7 +150,7 @@ def execute(ray, cfg: JobConfig, plan: Plan, sink: ShardSink, progress: Progress
             snap = _snapshot(ray, monitor)
             progress.observe(snap)
             if snap.get("fatal"):
-                raise JobFailed(scrub(snap["fatal"], cfg))
+                raise JobFailed(scrub(snap["fatal"], cfg.secret_values()))
             if now - last_output > cfg.runtime.stall_timeout_s:
                 stage = stalled_stage(snap) if "stages" in snap else "unknown"
                 raise JobFailed(
@@ -222,7 +206,7 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
     from internvl_batch.job.pipeline import init_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    storage_retry.drain()  # this process's counts from before this run are not this run's
+    retry.drain()  # this process's counts from before this run are not this run's
     tasks = [t.name for t in cfg.task]
     out = OutputDir(cfg.output.path, cfg.output.storage_options)
     ray = init_ray(cfg)
@@ -270,7 +254,7 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
     summary.engine = {**combine(list(snap.get("replicas", {}).values())), "failures": snap.get("engine_failures", 0)}
     summary.status_counts, bad = verify(out, plan, tasks)
     # Storage retries: the workers' (through the monitor) plus the driver's and its tasks'.
-    workers, driver = snap.get("counters", {}), storage_retry.drain()
+    workers, driver = snap.get("counters", {}), retry.drain()
     summary.counters = {k: workers.get(k, 0) + driver.get(k, 0) for k in sorted(workers.keys() | driver.keys())}
     summary.counters["duplicate_results_dropped"] = sink.duplicates_dropped
     if bad or sink.unfinished():

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from internvl_batch import storage_retry
+from internvl_batch.storage import retry
 
 _CHUNK = 16 * 1024 * 1024
 
@@ -91,14 +91,14 @@ def shard_id(file: ManifestFile, index: int) -> str:
     return f"{file.key}-{index:06d}"
 
 
-def plan_file(fs: Any, file: ManifestFile, shard_rows: int, prefix_rows: dict[int, int] | None = None) -> list[Shard]:
+def cut_shards(fs: Any, file: ManifestFile, shard_rows: int, prefix_rows: dict[int, int] | None = None) -> list[Shard]:
     """Every shard of one file. `prefix_rows` (shard index -> rows an earlier run processed)
     asks for the checksum of those first rows too, so a shard that only grew is told
     apart from one that changed. Transient storage errors are retried (a whole new read)."""
-    return storage_retry.call("manifest_plan", file.path, lambda: _plan_file(fs, file, shard_rows, prefix_rows))
+    return retry.call("manifest_plan", file.path, lambda: _cut_shards(fs, file, shard_rows, prefix_rows))
 
 
-def _plan_file(fs: Any, file: ManifestFile, shard_rows: int, prefix_rows: dict[int, int] | None) -> list[Shard]:
+def _cut_shards(fs: Any, file: ManifestFile, shard_rows: int, prefix_rows: dict[int, int] | None) -> list[Shard]:
     if file.fmt == "parquet":
         return _plan_parquet(fs, file, shard_rows)
     scan = _scan_jsonl if file.fmt == "jsonl" else _scan_csv
@@ -108,7 +108,7 @@ def _plan_file(fs: Any, file: ManifestFile, shard_rows: int, prefix_rows: dict[i
         read = f.tell() if file.fmt == "jsonl" and file.compression is None else None
     if read is not None and file.size is not None and read < file.size:
         # A plan cut short would leave the rest of the file out of the job, silently.
-        raise storage_retry.ShortRead(f"{file.path}: read {read} of its {file.size} bytes")
+        raise retry.ShortRead(f"{file.path}: read {read} of its {file.size} bytes")
     return shards
 
 

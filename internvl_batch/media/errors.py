@@ -13,8 +13,8 @@ never puts its signature into an output row, a log line or a pickle.
 
 from typing import ClassVar
 
-from internvl_batch.media.redact import redact_text
 from internvl_batch.status import Status
+from internvl_batch.storage.redact import redact_text
 
 
 class MediaError(Exception):

@@ -19,10 +19,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from internvl_batch.media.classify import classify, describe
-from internvl_batch.media.errors import FetchError, MediaError, MediaNotFound, TooLarge, URLNotAllowed
-from internvl_batch.media.redact import redact_text, redact_url
+from internvl_batch.media.errors import (
+    FetchError,
+    MediaError,
+    MediaNotFound,
+    RetriableFetchError,
+    TooLarge,
+    URLNotAllowed,
+)
 from internvl_batch.media.ssrf import AddressNotAllowed, AddressPolicy, parse_allowed_entry
+from internvl_batch.storage.classify import describe, storage_kind
+from internvl_batch.storage.redact import redact_text, redact_url
+from internvl_batch.storage.retry import backoff_s
 
 _LOCAL_PROTOCOLS = frozenset({"file", "local"})
 _HTTP_PROTOCOLS = frozenset({"http", "https"})
@@ -320,8 +328,6 @@ class Fetcher:
         return data
 
     def _backoff_s(self, attempt: int) -> float:
-        from internvl_batch.storage_retry import backoff_s
-
         return backoff_s(attempt, self.config.backoff_initial_s, self.config.backoff_max_s)
 
 
@@ -349,6 +355,18 @@ async def _stream_http(fs: Any, url: str, limit: int) -> bytes:
             if len(data) > limit:
                 raise TooLarge(f"{url}: more than {limit} bytes, exceeds fetch.max_bytes={limit}")
     return bytes(data)
+
+
+def classify(exc: Exception) -> tuple[type[FetchError], str]:
+    """The error class for an exception from a filesystem, and a description of it
+    (`storage_kind` decides; anything unrecognised is a non-retriable FetchError)."""
+    kind, decider = storage_kind(exc)
+    detail = describe(exc) if decider is exc else f"{describe(exc)} (caused by {describe(decider)})"
+    if kind == "not_found":
+        return MediaNotFound, f"not found: {detail}"
+    if kind == "transient":
+        return RetriableFetchError, detail
+    return FetchError, detail
 
 
 def _address_refusal(exc: BaseException) -> str | None:

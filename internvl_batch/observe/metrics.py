@@ -147,7 +147,7 @@ def observe_ms(step: str, values: Iterable[float]) -> None:
 
 
 def engine_state(replica: str, stats: dict[str, Any], running: int, waiting: int) -> None:
-    """A replica's gauges, set after each batch (`stats`: engines/vllm/occupancy.Occupancy.stats())."""
+    """A replica's gauges, set after each batch (`stats`: engines/occupancy.Occupancy.stats())."""
     tags = {"replica": replica}
     _metric(PREFIX + "engine_occupancy").set(float(stats.get("occupancy", 0.0)), tags=tags)
     _metric(PREFIX + "engine_in_flight").set(float(stats.get("in_flight", 0)), tags=tags)

@@ -20,9 +20,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from internvl_batch import storage_retry
 from internvl_batch.observe import metrics
 from internvl_batch.observe.timeline import Timeline
+from internvl_batch.storage import retry
 
 log = logging.getLogger("internvl_batch")
 
@@ -93,7 +93,7 @@ class Progress:
         if snapshot:
             self.snapshot = snapshot
         # The workers' counters (through the monitor) and the driver's own storage retries.
-        counters = Counter(self.snapshot.get("counters", {})) + Counter(storage_retry.counts())
+        counters = Counter(self.snapshot.get("counters", {})) + Counter(retry.counts())
         self._mirror.update(counters, self.snapshot.get("engine_failures", 0))
 
     def maybe_log(self, open_shards: int) -> None:

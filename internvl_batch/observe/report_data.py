@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from internvl_batch.config.redact import redact_text
 from internvl_batch.job.output import LEDGER, OutputDir
 from internvl_batch.observe.timeline import read_timeline
 from internvl_batch.status import Status
+from internvl_batch.storage.redact import redact_text
 
 MAX_FILES = 200
 LEDGER_LIMIT = 20_000  # entries read for the per-task breakdown (one small object each)

@@ -16,10 +16,10 @@ import pytest
 
 from internvl_batch.config import InputConfig
 from internvl_batch.job import dedup
-from internvl_batch.job.dedup import _ids_of, _map, _partition, _reduce, _write, find_duplicates, plan_key
+from internvl_batch.job.dedup import _ids_of, _map, _partition, _reduce, _write, find_duplicates, shards_key
 from internvl_batch.job.manifest import list_files, split_of
 from internvl_batch.job.output import OutputDir
-from internvl_batch.job.shards import plan_file
+from internvl_batch.job.shards import cut_shards
 from tests.support.manifests import BLANK, Written, write_csv, write_jsonl, write_parquet
 
 SHARD_ROWS = 2
@@ -56,7 +56,7 @@ def shards_and_splits(root: Path):
     fs, files = list_files(cfg)
     shards, splits = [], []
     for f in files:
-        mine = plan_file(fs, f, SHARD_ROWS)
+        mine = cut_shards(fs, f, SHARD_ROWS)
         shards += mine
         splits += [split_of(f, [s]) for s in mine]
     return cfg, fs, files, shards, splits
@@ -172,17 +172,17 @@ def test_no_duplicates(tmp_path):
     assert _reduce(dedup._ID_SCHEMA.empty_table()).num_rows == 0
 
 
-def test_plan_key(manifest):
+def test_shards_key(manifest):
     root, _ = manifest
     _, _, _, shards, _ = shards_and_splits(root)
-    key = plan_key(shards, "id")
-    assert plan_key(list(shards), "id") == key
-    assert plan_key(shards, "uid") != key
-    assert plan_key(shards[:-1], "id") != key
+    key = shards_key(shards, "id")
+    assert shards_key(list(shards), "id") == key
+    assert shards_key(shards, "uid") != key
+    assert shards_key(shards[:-1], "id") != key
     from dataclasses import replace
 
-    assert plan_key([*shards[:-1], replace(shards[-1], checksum="other")], "id") != key
-    assert plan_key([*shards[:-1], replace(shards[-1], rows=shards[-1].rows - 1)], "id") != key
+    assert shards_key([*shards[:-1], replace(shards[-1], checksum="other")], "id") != key
+    assert shards_key([*shards[:-1], replace(shards[-1], rows=shards[-1].rows - 1)], "id") != key
 
 
 # -- on Ray ----------------------------------------------------------------------------------------

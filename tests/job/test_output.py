@@ -26,8 +26,8 @@ from internvl_batch.job.output import (
     shard_of_part,
     status_counts,
 )
-from internvl_batch.job.records import output_schema
 from internvl_batch.job.shards import Shard
+from internvl_batch.records import output_schema
 from internvl_batch.status import Status
 from tests.support.results import RUN1, RUN2, RUN3, read_parts, result, table, write_part
 

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from internvl_batch.config import PreprocessConfig
-from internvl_batch.job.records import item_schema
 from internvl_batch.job.stages.prepare import PrepareStage
+from internvl_batch.records import item_schema
 from internvl_batch.status import Status
 from tests.support import hostile
 

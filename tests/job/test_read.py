@@ -14,10 +14,10 @@ import pytest
 from internvl_batch.config import InputConfig
 from internvl_batch.job.manifest import split_of
 from internvl_batch.job.output import OutputDir
-from internvl_batch.job.records import item_schema, output_schema
-from internvl_batch.job.shards import plan_file
+from internvl_batch.job.shards import cut_shards
 from internvl_batch.job.sink import ShardSink, ShardTodo
 from internvl_batch.job.stages.read import ReadStage
+from internvl_batch.records import item_schema, output_schema
 from internvl_batch.status import Status
 from tests.support.manifests import BLANK, TASKS, manifest_file, record, write_jsonl
 from tests.support.results import RUN1, answers, result, write_part
@@ -52,7 +52,7 @@ def read(reader: ReadStage, *splits: dict) -> list[dict]:
 
 def shards_of(path: Path, shard_rows: int = 4):
     fs, file = manifest_file(path)
-    return file, plan_file(fs, file, shard_rows)
+    return file, cut_shards(fs, file, shard_rows)
 
 
 # -- plain reading -----------------------------------------------------------------------------

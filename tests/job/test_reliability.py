@@ -233,7 +233,7 @@ def _local_rows(out: Path) -> list[dict]:
 def test_a_split_read_that_fails_for_good_fails_the_job_and_the_rerun_skips_nothing(tmp_path, ray_cluster):
     """A split's read refused half-way (not transient: no retry). The job fails, naming the
     cause, without _SUCCESS; the rerun writes the rows that are missing and only those. (A
-    read cut by transient errors resumes where it was cut: tests/job/test_storage_retry.py,
+    read cut by transient errors resumes where it was cut: tests/storage/test_retry.py,
     and the fault test above at job level.)"""
     manifest, ids = _local_manifest(tmp_path)
     out = tmp_path / "out"

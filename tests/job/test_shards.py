@@ -15,7 +15,7 @@ import pytest
 from internvl_batch.config import InputConfig
 from internvl_batch.job import shards as shards_module
 from internvl_batch.job.manifest import split_of, split_rows
-from internvl_batch.job.shards import Shard, is_record, plan_file, shard_id
+from internvl_batch.job.shards import Shard, cut_shards, is_record, shard_id
 from tests.support.manifests import (
     BLANK,
     Written,
@@ -72,7 +72,7 @@ def check_every_shard(written: Written, shard_rows: int, **cfg: Any) -> list[Sha
     """Each shard, read alone, yields exactly its records; together they cover the file once."""
     fs, file = manifest_file(written.path)
     config = InputConfig(path=str(written.path), **cfg)
-    shards = plan_file(fs, file, shard_rows)
+    shards = cut_shards(fs, file, shard_rows)
     expected = [(n, line, expected_id(rec, file.path, line)) for n, (line, rec) in enumerate(written.records)]
     assert [s.index for s in shards] == list(range(len(shards)))
     assert [s.id for s in shards] == [shard_id(file, k) for k in range(len(shards))]
@@ -118,16 +118,16 @@ def test_jsonl_scan_is_independent_of_chunk_size(tmp_path, monkeypatch, chunk):
     """Lines cut across the planner's read chunks are found whole."""
     written = write_jsonl(tmp_path / "m.jsonl", JSONL_ITEMS, newline="\r\n", final_newline=False)
     fs, file = manifest_file(written.path)
-    whole = plan_file(fs, file, 3)
+    whole = cut_shards(fs, file, 3)
     monkeypatch.setattr(shards_module, "_CHUNK", chunk)
-    assert plan_file(fs, file, 3) == whole
+    assert cut_shards(fs, file, 3) == whole
     check_every_shard(written, 3)
 
 
 def test_jsonl_rows_keep_their_errors(tmp_path):
     written = write_jsonl(tmp_path / "m.jsonl", JSONL_ITEMS)
     fs, file = manifest_file(written.path)
-    [shard] = plan_file(fs, file, 100)
+    [shard] = cut_shards(fs, file, 100)
     rows = {line: row for _, line, row in split_rows(fs, split_of(file, [shard]), InputConfig(path=str(written.path)))}
     for line, rec in written.records:
         if rec == "{broken":
@@ -143,7 +143,7 @@ def test_jsonl_rows_keep_their_errors(tmp_path):
 def test_empty_and_blank_only_files_have_no_shards(tmp_path):
     for name, items in [("empty.jsonl", []), ("blank.jsonl", [BLANK, "  ", "\t"])]:
         fs, file = manifest_file(write_jsonl(tmp_path / name, items).path)
-        assert plan_file(fs, file, 2) == []
+        assert cut_shards(fs, file, 2) == []
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ def test_csv_multiline_fields_survive(tmp_path):
     written = write_csv(tmp_path / "m.csv", ["id", "image", "question"], CSV_ROWS)
     fs, file = manifest_file(written.path)
     cfg = InputConfig(path=str(written.path))
-    rows = [row for s in plan_file(fs, file, 2) for _, _, row in split_rows(fs, split_of(file, [s]), cfg)]
+    rows = [row for s in cut_shards(fs, file, 2) for _, _, row in split_rows(fs, split_of(file, [s]), cfg)]
     with_id = [rec for _, rec in written.records if rec["id"]]  # a row without an id is not parsed further
     assert [row.question for row in rows if row.error is None] == [rec["question"] or None for rec in with_id]
 
@@ -189,9 +189,9 @@ def test_csv_multiline_fields_survive(tmp_path):
 def test_csv_header_is_part_of_every_checksum(tmp_path):
     rows = [[f"a{i}", f"s3://b/{i}.jpg"] for i in range(6)]
     fs, file = manifest_file(write_csv(tmp_path / "m.csv", ["id", "image"], rows).path)
-    before = plan_file(fs, file, 2)
+    before = cut_shards(fs, file, 2)
     fs, file = manifest_file(write_csv(tmp_path / "m.csv", ["id", "video"], rows).path)
-    after = plan_file(fs, file, 2)
+    after = cut_shards(fs, file, 2)
     assert [s.rows for s in after] == [s.rows for s in before]
     assert all(a.checksum != b.checksum for a, b in zip(after, before))
 
@@ -218,7 +218,7 @@ def test_parquet_shards_read_alone(tmp_path, shard_rows):
 
 def plan_of(written: Written, shard_rows: int) -> list[Shard]:
     fs, file = manifest_file(written.path)
-    return plan_file(fs, file, shard_rows)
+    return cut_shards(fs, file, shard_rows)
 
 
 def changed_shards(before: list[Shard], after: list[Shard]) -> list[int]:
@@ -277,7 +277,7 @@ def test_appended_rows_keep_earlier_shards(tmp_path, added):
     before = plan_of(written, 4)  # rows 4 4 2
     grown = append_jsonl(written, [record(i) for i in range(10, 10 + added)])
     fs, file = manifest_file(grown.path)
-    after = plan_file(fs, file, 4, prefix_rows={s.index: s.rows for s in before})
+    after = cut_shards(fs, file, 4, prefix_rows={s.index: s.rows for s in before})
     assert [s.rows for s in after] == [4] * ((10 + added) // 4) + ([(10 + added) % 4] if (10 + added) % 4 else [])
     for old, new in zip(before, after):
         assert (new.id, new.row_start, new.line_start, new.byte_start) == (
@@ -300,7 +300,7 @@ def test_prefix_checksum_tells_a_changed_prefix(tmp_path):
     recs[4]["question"] = "changed"
     recs += [record(6)]
     fs, file = manifest_file(write_jsonl(tmp_path / "m.jsonl", recs).path)
-    after = plan_file(fs, file, 4, prefix_rows={s.index: s.rows for s in before})
+    after = cut_shards(fs, file, 4, prefix_rows={s.index: s.rows for s in before})
     assert after[0].prefix_checksum == before[0].checksum
     assert after[1].prefix_checksum != before[1].checksum
 
@@ -310,7 +310,7 @@ def test_prefix_longer_than_a_shrunk_shard(tmp_path):
     recs = [record(i) for i in range(7)]
     before = plan_of(write_jsonl(tmp_path / "m.jsonl", recs), 4)  # rows 4 3
     fs, file = manifest_file(write_jsonl(tmp_path / "m.jsonl", recs[:5]).path)
-    after = plan_file(fs, file, 4, prefix_rows={s.index: s.rows for s in before})
+    after = cut_shards(fs, file, 4, prefix_rows={s.index: s.rows for s in before})
     assert [s.rows for s in after] == [4, 1]
     assert after[0].prefix_checksum == before[0].checksum
     assert after[1].prefix_checksum is None

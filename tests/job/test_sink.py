@@ -11,9 +11,9 @@ import pytest
 
 from internvl_batch.job import sink as sink_module
 from internvl_batch.job.output import CHECKSUM_KEY, OutputDir, part_name, shard_of_part
-from internvl_batch.job.records import output_schema
 from internvl_batch.job.shards import Shard
 from internvl_batch.job.sink import ShardSink, ShardTodo
+from internvl_batch.records import output_schema
 from internvl_batch.status import Status
 from tests.support.results import RUN1, RUN2, read_parts, result, table, write_part
 

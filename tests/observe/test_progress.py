@@ -7,13 +7,13 @@ from types import SimpleNamespace
 import pyarrow as pa
 import pytest
 
-from internvl_batch import storage_retry
 from internvl_batch.job.output import OutputDir
-from internvl_batch.job.records import output_schema
 from internvl_batch.observe import metrics
 from internvl_batch.observe import progress as progress_module
 from internvl_batch.observe.progress import Progress
 from internvl_batch.observe.timeline import Timeline, read_timeline
+from internvl_batch.records import output_schema
+from internvl_batch.storage import retry
 
 
 def _batch(n: int, status: str = "ok", task: str = "caption", tokens: int = 5) -> pa.Table:
@@ -34,7 +34,7 @@ def clock(monkeypatch):
 @pytest.fixture
 def incs(monkeypatch):
     """Metric increments (name, value, tags) instead of Ray's metric objects."""
-    storage_retry.drain()  # the driver's own retries count too: none from other tests
+    retry.drain()  # the driver's own retries count too: none from other tests
     seen = []
     monkeypatch.setattr(
         metrics, "_inc", lambda name, value, **tags: seen.append((name, value, tags)) if value else None

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 from internvl_batch.config import JobConfig
 from internvl_batch.job.output import CHECKSUM_KEY, OutputDir, part_name
 from internvl_batch.job.plan import Plan, make_plan
-from internvl_batch.job.records import output_schema, passthrough_field
 from internvl_batch.job.sink import ShardSink
 from internvl_batch.job.stages.read import ReadStage
+from internvl_batch.records import output_schema, passthrough_field
 from internvl_batch.status import Status
 
 RUN1 = "20240101T000000Z-aaaaaaaa"

@@ -14,8 +14,8 @@ import os
 
 import pyarrow as pa
 
-from internvl_batch.job.records import output_schema, passthrough_field, prepared_schema
 from internvl_batch.job.stages.base import AsyncStage, Stage
+from internvl_batch.records import output_schema, passthrough_field, prepared_schema
 from internvl_batch.status import Status
 
 

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from internvl_batch.engines.base import EngineBase, EngineFatalError, EngineRequest, EngineResult
 from internvl_batch.engines.model_path import resolve_model_path
-from internvl_batch.engines.vllm.occupancy import Occupancy, logger_class
+from internvl_batch.engines.occupancy import Occupancy
 from internvl_batch.engines.vllm.plugin import PRETILED_ARCHITECTURE
+from internvl_batch.engines.vllm.stat_logger import logger_class
 from internvl_batch.model.prompts import IMAGE_PLACEHOLDER
 from internvl_batch.status import Status
 

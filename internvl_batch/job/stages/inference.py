@@ -23,10 +23,10 @@ import pyarrow as pa
 from internvl_batch.config import ModelConfig, TaskConfig
 from internvl_batch.engines import EngineFatalError, EngineRequest, EngineResult, build_engine
 from internvl_batch.engines.base import run_requests
-from internvl_batch.job.records import output_schema, passthrough_field, tiles_from_bytes
 from internvl_batch.job.stages.base import AsyncStage, Batch
 from internvl_batch.model.prompts import build_prompt
 from internvl_batch.observe import metrics
+from internvl_batch.records import output_schema, passthrough_field, tiles_from_bytes
 from internvl_batch.status import Status
 
 log = logging.getLogger("internvl_batch")
@@ -105,7 +105,7 @@ class InferenceStage(AsyncStage):
                 out.append(self._output_row(row, name, res, ms))
             else:
                 out.append(self._output_row(row, name, item, None))
-        occupancy = getattr(self.engine, "occupancy", None)
+        occupancy = self.engine.occupancy
         stats = occupancy.stats() if occupancy is not None else None
         self.monitor.batch_done(self.replica, len(out), stats)
         metrics.stage_rows(self.name, len(out))

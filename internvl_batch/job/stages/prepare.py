@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from internvl_batch.config import PreprocessConfig
-from internvl_batch.job.records import prepared_schema, tiles_to_bytes
 from internvl_batch.job.stages.base import Batch, Stage
 from internvl_batch.media.decode import decode_image
 from internvl_batch.media.errors import MediaError
@@ -22,6 +21,7 @@ from internvl_batch.media.fetch import Fetcher
 from internvl_batch.media.tiling import split_tile_budget, tile_image
 from internvl_batch.media.video import sample_frames
 from internvl_batch.observe import metrics
+from internvl_batch.records import prepared_schema, tiles_to_bytes
 from internvl_batch.status import Status
 
 

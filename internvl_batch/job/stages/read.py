@@ -15,14 +15,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from internvl_batch import storage_retry
 from internvl_batch.config import InputConfig
 from internvl_batch.job.manifest import split_rows
 from internvl_batch.job.output import OutputDir
-from internvl_batch.job.records import item_schema
 from internvl_batch.job.stages.base import Batch, Stage
 from internvl_batch.observe import metrics
+from internvl_batch.records import item_schema
 from internvl_batch.status import SETTLED
+from internvl_batch.storage import retry
 
 
 class ReadStage(Stage):
@@ -53,12 +53,12 @@ class ReadStage(Stage):
                 for table in self._read(json.loads(spec)):
                     self.monitor.progress(self.name, table.num_rows)
                     metrics.stage_rows(self.name, table.num_rows)
-                    self.monitor.count(storage_retry.drain())
+                    self.monitor.count(retry.drain())
                     yield table
-        except Exception as e:  # retries are spent (storage_retry): this split can't be read
+        except Exception as e:  # retries are spent (storage/retry.py): this split can't be read
             self.monitor.stage_failed(self.name, f"{type(e).__name__}: {e}")
             raise
-        self.monitor.count(storage_retry.drain())
+        self.monitor.count(retry.drain())
 
     def _done_pairs(self, shard_id: str) -> set[tuple[int, str]]:
         """Pairs an earlier run already answered (only settled ones when retrying failures)."""

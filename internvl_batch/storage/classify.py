@@ -2,13 +2,13 @@
 
 fsspec filesystems raise whatever their SDK raises, often wrapped: fsspec's HTTP filesystem
 turns a 503 into FileNotFoundError, s3fs turns botocore errors into OSError subclasses.
-`classify` looks through the `raise ... from` chain for the exception that says what happened.
+`storage_kind` looks through the `raise ... from` chain for the exception that says what
+happened. One classification for every reader of storage: media fetches (media/fetch.py)
+and the job's own I/O (storage/retry.py) agree on what is worth retrying.
 """
 
 import errno
 import functools
-
-from internvl_batch.media.errors import FetchError, MediaNotFound, RetriableFetchError
 
 # Error codes that object stores use for "slow down" or for a failure on their side.
 _TRANSIENT_CODES = frozenset(
@@ -56,29 +56,11 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def classify(exc: Exception) -> tuple[type[FetchError], str]:
-    """The error class for an exception from a filesystem, and a description of it.
-
-    The deepest recognised exception in the `raise ... from` chain decides: wrappers are
-    generic (fsspec's HTTP filesystem turns a 503 into FileNotFoundError, s3fs turns
-    botocore errors into OSError subclasses) while the original says what happened.
-    Anything unrecognised is a non-retriable FetchError.
-    """
-    kind, decider = storage_kind(exc)
-    detail = describe(exc) if decider is exc else f"{describe(exc)} (caused by {describe(decider)})"
-    if kind == "not_found":
-        return MediaNotFound, f"not found: {detail}"
-    if kind == "transient":
-        return RetriableFetchError, detail
-    return FetchError, detail
-
-
 def storage_kind(exc: BaseException) -> tuple[str | None, BaseException]:
     """('not_found' | 'transient' | 'fatal' | None, the exception that decided it).
 
-    The deepest recognised exception in the `raise ... from` chain decides (see `classify`).
-    Shared with the job's own storage I/O (internvl_batch/storage_retry.py), so a media
-    fetch and a manifest read agree on what is worth retrying."""
+    The deepest recognised exception in the `raise ... from` chain decides: wrappers are
+    generic while the original says what happened."""
     kind, decider = None, exc
     seen: set[int] = set()
     current: BaseException | None = exc

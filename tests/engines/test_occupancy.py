@@ -1,6 +1,6 @@
 """Occupancy arithmetic: the share of steady-state samples with work waiting or a full batch."""
 
-from internvl_batch.engines.vllm.occupancy import Occupancy, combine
+from internvl_batch.engines.occupancy import Occupancy, combine
 
 
 def _sample(o: Occupancy, running: int, waiting: int, n: int = 1) -> None:

@@ -1,20 +1,21 @@
 """Redaction: credential-like keys anywhere in a config, credentials in URLs and in messages."""
 
 import copy
+import os
 
 import pytest
 
 from internvl_batch.config import JobConfig, SamplingConfig
-from internvl_batch.config.redact import (
+from internvl_batch.media.fetch import FetchConfig
+from internvl_batch.storage.redact import (
     REDACTED,
     is_secret_name,
     redact_text,
     redact_url,
-    redact_values,
     redacted,
+    scrub,
     secret_values,
 )
-from internvl_batch.media.fetch import FetchConfig
 
 SECRET_KEY = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
 SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLE-SESSION-TOKEN"
@@ -80,7 +81,7 @@ def test_redact_text_finds_urls_and_key_ids_inside_messages():
     for secret in (SESSION_TOKEN, ACCESS_KEY, "0123456789abcdef0123"):
         assert secret not in clean
     assert clean.startswith("FileNotFoundError: https://bucket.s3.amazonaws.com/a%20b.jpg?X-Amz-Algorithm")
-    assert redact_values(f"secret is {SECRET_KEY}!", [SECRET_KEY, "ab"]) == f"secret is {REDACTED}!"
+    assert scrub(f"secret is {SECRET_KEY}!", [SECRET_KEY, "ab"]) == f"secret is {REDACTED}!"
 
 
 def _options() -> dict:
@@ -136,3 +137,29 @@ def test_redacted_leaves_the_original_alone_and_keeps_schemas_readable():
     schema = {"type": "object", "properties": {"key": {"type": "string"}, "token": {"type": "integer"}}}
     sampling = SamplingConfig(json_schema=schema)
     assert redacted(sampling)["json_schema"] == schema
+
+
+# -- what the driver prints ----------------------------------------------------------------------
+
+
+def test_scrub_masks_credentials_not_the_rest(monkeypatch, tmp_path):
+    from internvl_batch.storage.redact import scrub
+    from tests.support.manifests import job_config
+
+    options = {
+        "key": "AKEYIDFORTESTS01",
+        "secret": "s3cr3t-for-tests",
+        "client_kwargs": {"endpoint_url": "http://minio:9000"},
+    }
+    cfg = job_config(tmp_path / "m.jsonl", tmp_path / "out", input={"storage_options": options},
+                     preprocess={"fetch": {"allowed_private_hosts": ["minio"]}})  # fmt: skip
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-from-the-environment")
+    text = (
+        "failed with key AKEYIDFORTESTS01 / s3cr3t-for-tests, token token-from-the-environment, "
+        f"url http://minio:9000/b/x.jpg?X-Amz-Signature=abcdef in {tmp_path} (cwd {os.getcwd()})"
+    )
+    clean = scrub(text, cfg.secret_values())
+    for secret in ("AKEYIDFORTESTS01", "s3cr3t-for-tests", "token-from-the-environment", "abcdef"):
+        assert secret not in clean
+    assert "http://minio:9000/b/x.jpg?X-Amz-Signature=REDACTED" in clean  # the host stays: it names the item
+    assert f"in {tmp_path} (cwd {os.getcwd()})" in clean

@@ -4,7 +4,7 @@ the output's parts, ledger entries and state files.
 A media object that cannot be fetched becomes a fetch_error row (media/fetch.py). The
 job's own I/O has no such way out: a manifest read or a part write that fails would lose
 rows or fail the job. So those operations are retried here when the error is transient,
-by the same classification as media fetches (media/classify.py: network errors, timeouts,
+by the same classification as media fetches (storage/classify.py: network errors, timeouts,
 throttling, 5xx), with capped, jittered exponential backoff. A missing object or a refused
 request is raised at once, and an operation still failing after `max_attempts` raises
 `StorageError`, which fails the job loudly (the output stays resumable).
@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from internvl_batch.media.classify import describe, storage_kind
-from internvl_batch.media.redact import redact_text
+from internvl_batch.storage.classify import describe, storage_kind
+from internvl_batch.storage.redact import redact_text
 
 log = logging.getLogger("internvl_batch")
 T = TypeVar("T")

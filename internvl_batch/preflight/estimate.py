@@ -22,11 +22,11 @@ import numpy as np
 
 from internvl_batch.config import JobConfig
 from internvl_batch.job.manifest import ManifestRow, list_files, split_of, split_rows
-from internvl_batch.job.shards import ManifestFile, Shard, is_record, plan_file
+from internvl_batch.job.shards import ManifestFile, Shard, cut_shards, is_record
 from internvl_batch.media.fetch import Fetcher
+from internvl_batch.media.headers import Header, check_media, predict_tiles, read_header
 from internvl_batch.media.tiling import split_tile_budget
 from internvl_batch.model.prompts import NUM_IMAGE_TOKENS_PER_TILE, build_prompt
-from internvl_batch.observe.headers import Header, check_media, predict_tiles, read_header
 from internvl_batch.status import Status
 
 SAMPLE_ROWS = 200
@@ -89,7 +89,7 @@ def count_rows(cfg: JobConfig, fs: Any, files: list[ManifestFile]) -> tuple[int,
                 n = pq.ParquetFile(fh).metadata.num_rows
             how["parquet footers"] += 1
         elif text_bytes <= SCAN_LIMIT_BYTES:
-            n = sum(s.rows for s in plan_file(fs, f, shard_rows=1 << 40))
+            n = sum(s.rows for s in cut_shards(fs, f, shard_rows=1 << 40))
             how["counted"] += 1
         else:
             n, floors[f.path] = _estimated_rows(fs, f)

@@ -1,10 +1,12 @@
-"""How often the engine had work queued: the figure a GPU feels, measured from vLLM's own
-scheduler statistics.
+"""How often the engine had work queued: the figure a GPU feels, measured from the engine's
+own scheduler statistics. Engine-neutral: an engine feeds `record(running, waiting)` after
+each step (vLLM through its stat logger, engines/vllm/stat_logger.py); the job reads
+`stats()` and `combine`s replicas without knowing which engine ran.
 
 A decode step costs about the same for 4 or 64 sequences, so a GPU is used well when
-every step runs a full batch, i.e. when vLLM's scheduler has requests waiting or runs
+every step runs a full batch, i.e. when the scheduler has requests waiting or runs
 `max_num_seqs` of them. vLLM reports (running, waiting) after every step to its stat
-loggers; we register one (`logger_class`) and sample the latest report every
+loggers; we register one and sample the latest report every
 `interval_s` together with our own count of requests in flight: a scheduler with nothing
 in flight takes no steps, so its last report would look busy forever, and during one long
 step (a prefill with many images) its last report is stale, while more requests in
@@ -90,24 +92,6 @@ class Occupancy:
             "first_submit": self.first_submit,
             "last_finish": self.last_finish,
         }
-
-
-def logger_class(occupancy: Occupancy) -> type:
-    """A vLLM stat logger class (vLLM instantiates it) that feeds `occupancy`."""
-    from vllm.v1.metrics.loggers import StatLoggerBase
-
-    class OccupancyLogger(StatLoggerBase):
-        def __init__(self, vllm_config, engine_index: int = 0):
-            pass
-
-        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
-            if scheduler_stats is not None:
-                occupancy.record(scheduler_stats.num_running_reqs, scheduler_stats.num_waiting_reqs)
-
-        def log_engine_initialized(self):
-            pass
-
-    return OccupancyLogger
 
 
 def combine(replicas: list[dict]) -> dict[str, float | int]:

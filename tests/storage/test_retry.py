@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 
 import pyarrow.parquet as pq
 import pytest
 
-from internvl_batch import storage_retry
 from internvl_batch.config import InputConfig
 from internvl_batch.job.manifest import ManifestError, list_files, split_of, split_rows
 from internvl_batch.job.output import OutputDir
-from internvl_batch.job.shards import plan_file
-from internvl_batch.storage_retry import RetryPolicy, StorageError
+from internvl_batch.job.shards import cut_shards
+from internvl_batch.storage import retry
+from internvl_batch.storage.retry import RetryPolicy, StorageError
 from tests.support.flakyfs import Fault, FlakyFS
 from tests.support.manifests import manifest_file, record, write_jsonl
 from tests.support.results import RUN1, result, table
@@ -26,10 +25,10 @@ from tests.support.results import RUN1, result, table
 def no_waits(monkeypatch):
     """Backoff is real in the job; here it would only slow the suite."""
     sleeps = []
-    monkeypatch.setattr(storage_retry, "_sleep", sleeps.append)
-    storage_retry.drain()
+    monkeypatch.setattr(retry, "_sleep", sleeps.append)
+    retry.drain()
     yield sleeps
-    storage_retry.drain()
+    retry.drain()
 
 
 def reset() -> OSError:
@@ -66,8 +65,8 @@ def test_transient_errors_are_retried_with_growing_jittered_backoff(no_waits):
             raise failures.pop(0)
         return "done"
 
-    assert storage_retry.call("output_read", "x", flaky) == "done"
-    assert storage_retry.drain() == {
+    assert retry.call("output_read", "x", flaky) == "done"
+    assert retry.drain() == {
         "storage_transient_errors": 3, "storage_retries": 3, "storage_retries_output_read": 3,
     }  # fmt: skip
     first, second, third = no_waits
@@ -83,8 +82,8 @@ def test_other_errors_are_raised_at_once(error, no_waits):
         raise error()
 
     with pytest.raises(type(error())):
-        storage_retry.call("output_write", "x", failing)
-    assert calls == [1] and no_waits == [] and storage_retry.drain() == {}
+        retry.call("output_write", "x", failing)
+    assert calls == [1] and no_waits == [] and retry.drain() == {}
 
 
 def test_giving_up_is_a_redacted_storage_error(no_waits):
@@ -94,12 +93,12 @@ def test_giving_up_is_a_redacted_storage_error(no_waits):
         raise ConnectionResetError(errno.ECONNRESET, f"reset while writing {url}")
 
     with pytest.raises(StorageError) as info:
-        storage_retry.call("output_write", url, always, RetryPolicy(max_attempts=3))
+        retry.call("output_write", url, always, RetryPolicy(max_attempts=3))
     text = str(info.value)
     assert "output_write of https://store.example/out/part.parquet" in text and "giving up after 3 attempts" in text
     assert "5ec2e7" not in text and info.value.__cause__ is None  # the cause quotes the URL
     assert len(no_waits) == 2
-    assert storage_retry.drain() == {
+    assert retry.drain() == {
         "storage_transient_errors": 3, "storage_retries": 2, "storage_retries_output_write": 2, "storage_exhausted": 1,
     }  # fmt: skip
 
@@ -115,8 +114,8 @@ def test_a_missing_file_wrapping_a_transient_error_is_retried_not_missing():
             raise wrapper
         return b"{}"
 
-    assert storage_retry.call("output_read", "x", read) == b"{}"
-    assert storage_retry.drain()["storage_retries"] == 1
+    assert retry.call("output_read", "x", read) == b"{}"
+    assert retry.drain()["storage_retries"] == 1
 
 
 # -- split reads -----------------------------------------------------------------------------
@@ -130,7 +129,7 @@ def manifest(tmp_path):
 def read_split(fs, path, shard_rows=30, index=0):
     """Planned on the real filesystem, read through `fs`."""
     real, file = manifest_file(path)
-    shards = plan_file(real, file, shard_rows)
+    shards = cut_shards(real, file, shard_rows)
     split = split_of(file, [shards[index]])
     return [(n, row.id) for n, _, row in split_rows(fs, split, InputConfig(path=str(path)))]
 
@@ -143,7 +142,7 @@ def test_a_read_cut_mid_way_goes_on_after_the_last_record(manifest, after, times
     flaky = FlakyFS(fs, [Fault("open", reset, times=times, after=after)])
     assert read_split(flaky, manifest.path) == clean  # every record, once, in order
     assert flaky.injected["open"] == times
-    assert storage_retry.drain()["storage_retries_manifest_read"] == times
+    assert retry.drain()["storage_retries_manifest_read"] == times
 
 
 def test_a_seekable_shard_resumes_inside_its_byte_range(manifest):
@@ -158,7 +157,7 @@ def test_many_spread_out_failures_pass_one_that_stays_does_not(manifest):
     # 8 cuts at growing offsets: each retry gets further, so the budget (6) starts over each time
     spread = FlakyFS(fs, [Fault("open", reset, times=1, after=100 * k) for k in range(1, 9)])
     assert len(read_split(spread, manifest.path)) == 30
-    assert storage_retry.drain()["storage_retries_manifest_read"] == 8
+    assert retry.drain()["storage_retries_manifest_read"] == 8
 
     stuck = FlakyFS(fs, [Fault("open", reset, times=-1, after=300)])
     got = []
@@ -170,7 +169,7 @@ def test_many_spread_out_failures_pass_one_that_stays_does_not(manifest):
 
 def _file_and_shard(path):
     fs, file = manifest_file(path)
-    return file, plan_file(fs, file, 30)
+    return file, cut_shards(fs, file, 30)
 
 
 def test_a_permanent_error_mid_way_is_raised_without_skipping(manifest):
@@ -181,7 +180,7 @@ def test_a_permanent_error_mid_way_is_raised_without_skipping(manifest):
         for n, _, _ in split_rows(flaky, split_of(*_file_and_shard(manifest.path)), InputConfig(path="x")):
             got.append(n)
     assert got == list(range(len(got))) and len(got) < 30
-    assert storage_retry.drain() == {}
+    assert retry.drain() == {}
 
 
 def test_a_file_shorter_than_its_plan_fails_loudly(manifest):
@@ -195,9 +194,9 @@ def test_a_file_shorter_than_its_plan_fails_loudly(manifest):
 
 def test_planning_retries_and_sees_a_cut_read(manifest):
     fs, file = manifest_file(manifest.path)
-    clean = plan_file(fs, file, 7)
-    assert plan_file(FlakyFS(fs, [Fault("open", slow_down, times=2, after=400)]), file, 7) == clean
-    assert storage_retry.drain()["storage_retries_manifest_plan"] == 2
+    clean = cut_shards(fs, file, 7)
+    assert cut_shards(FlakyFS(fs, [Fault("open", slow_down, times=2, after=400)]), file, 7) == clean
+    assert retry.drain()["storage_retries_manifest_plan"] == 2
 
 
 def test_a_plan_that_read_less_than_the_listing_said_is_not_trusted(manifest):
@@ -207,7 +206,7 @@ def test_a_plan_that_read_less_than_the_listing_said_is_not_trusted(manifest):
     fs, file = manifest_file(manifest.path)
     bigger = replace(file, fingerprint=f"{file.size + 100}:{file.fingerprint.split(':', 1)[1]}")
     with pytest.raises(StorageError, match=rf"read {file.size} of its {file.size + 100} bytes"):
-        plan_file(fs, bigger, 7)
+        cut_shards(fs, bigger, 7)
 
 
 # -- listing ---------------------------------------------------------------------------------
@@ -228,7 +227,7 @@ def test_listing_retries_and_tells_missing_from_unreachable(manifest, monkeypatc
     monkeypatch.setattr(local.LocalFileSystem, "info", info)
     _, files = list_files(InputConfig(path=str(manifest.path)))
     assert [f.path for f in files] == [str(manifest.path)]
-    assert storage_retry.drain()["storage_retries_manifest_list"] == 2
+    assert retry.drain()["storage_retries_manifest_list"] == 2
     with pytest.raises(ManifestError, match="does not exist"):
         list_files(InputConfig(path=str(manifest.path) + ".nope"))
 
@@ -254,7 +253,7 @@ def test_a_retried_write_leaves_one_whole_object(tmp_path, where, after_call):
     listing = sorted(p[len(out.root) + 1 :] for p in out.fs.find(out.root))
     assert listing == ["_ledger/s-000000.json", "part-s-000000-r-0000.parquet"]  # no tmp, no second copy
     assert pq.read_table(out.fs.open(out.path("part-s-000000-r-0000.parquet"), "rb")).num_rows == 5
-    assert storage_retry.drain()["storage_retries_output_write"] == 2
+    assert retry.drain()["storage_retries_output_write"] == 2
 
 
 def test_a_write_that_fails_while_its_bytes_are_made_publishes_nothing(tmp_path, monkeypatch):
@@ -295,7 +294,7 @@ def test_reads_listings_and_removals_are_retried(tmp_path):
     assert out.shard_keys("s-000000").num_rows == 2  # one glob, one cut read
     out.remove([out.path("_state/a.json"), out.path("_state/none.json")])
     assert out.read_json("_state/a.json") is None
-    counts = storage_retry.drain()
+    counts = retry.drain()
     assert {k: counts[f"storage_retries_{k}"] for k in ("output_read", "output_list", "output_remove")} == {
         "output_read": 2, "output_list": 1, "output_remove": 1,
     }  # fmt: skip
@@ -330,7 +329,7 @@ def test_an_sdk_handler_that_breaks_on_a_timeout_is_still_a_timeout():
             s3fs_fetch_range()
         return b"ok"
 
-    assert storage_retry.call("manifest_read", "x", read) == b"ok" and len(attempts) == 2
+    assert retry.call("manifest_read", "x", read) == b"ok" and len(attempts) == 2
     # ... but not an error of ours raised while handling one, nor one given up on
     try:
         try:
@@ -338,31 +337,5 @@ def test_an_sdk_handler_that_breaks_on_a_timeout_is_still_a_timeout():
         except TimeoutError:
             raise ValueError("a bug") from None
     except ValueError as e:
-        assert storage_retry.kind_of(e) is None
-    assert storage_retry.kind_of(StorageError("gave up")) == "fatal"
-
-
-# -- what the driver prints ----------------------------------------------------------------------
-
-
-def test_scrub_masks_credentials_not_the_rest(monkeypatch, tmp_path):
-    from internvl_batch.job.runner import scrub
-    from tests.support.manifests import job_config
-
-    options = {
-        "key": "AKEYIDFORTESTS01",
-        "secret": "s3cr3t-for-tests",
-        "client_kwargs": {"endpoint_url": "http://minio:9000"},
-    }
-    cfg = job_config(tmp_path / "m.jsonl", tmp_path / "out", input={"storage_options": options},
-                     preprocess={"fetch": {"allowed_private_hosts": ["minio"]}})  # fmt: skip
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-from-the-environment")
-    text = (
-        "failed with key AKEYIDFORTESTS01 / s3cr3t-for-tests, token token-from-the-environment, "
-        f"url http://minio:9000/b/x.jpg?X-Amz-Signature=abcdef in {tmp_path} (cwd {os.getcwd()})"
-    )
-    clean = scrub(text, cfg)
-    for secret in ("AKEYIDFORTESTS01", "s3cr3t-for-tests", "token-from-the-environment", "abcdef"):
-        assert secret not in clean
-    assert "http://minio:9000/b/x.jpg?X-Amz-Signature=REDACTED" in clean  # the host stays: it names the item
-    assert f"in {tmp_path} (cwd {os.getcwd()})" in clean
+        assert retry.kind_of(e) is None
+    assert retry.kind_of(StorageError("gave up")) == "fatal"

@@ -1,0 +1,1 @@
+"""Before a run: what it will cost (`estimate`: the `plan` verb)."""
