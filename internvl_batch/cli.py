@@ -156,6 +156,25 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    import json
+
+    from internvl_batch.job.manifest import ManifestError
+    from internvl_batch.model.check import ModelCheckError
+    from internvl_batch.preflight.verify import run_verify
+
+    try:
+        report = run_verify(cfg, args.rows, args.tie_margin, args.max_tokens, source=args.config)
+    except (ManifestError, ModelCheckError) as e:
+        _error(e, cfg)
+        return 1 if getattr(e, "retryable", False) else 2
+    print(_scrub(json.dumps(report.to_dict(), indent=1) if args.json else report.text(), cfg))
+    return 0 if report.ok else 1
+
+
 def _report(args: argparse.Namespace) -> int:
     import fsspec
 
@@ -242,6 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-run", metavar="OUTPUT_PATH", help="take the rates a previous run's _SUCCESS measured")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_plan)
+
+    p = sub.add_parser(
+        "verify",
+        help="before a first night on a checkpoint: N manifest rows through the job's engine and through the "
+        "checkpoint's own reference (model.chat, or the HF reference engine), compared token by token",
+    )
+    _add_config_args(p)
+    p.add_argument("--rows", type=int, default=4, help="manifest rows to compare (its first rows)")
+    p.add_argument("--max-tokens", type=int, help="cap each task's max_tokens on both sides (default: the task's)")
+    p.add_argument(
+        "--tie-margin",
+        type=float,
+        default=0.05,
+        help="a differing token counts as a tie when it is the reference's second choice within this many logits",
+    )
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=_verify)
 
     p = sub.add_parser("report", help="render _report.html and _report.png of an output path (finished or running)")
     p.add_argument("path", help="output path (any fsspec URL), or a job config YAML naming it")

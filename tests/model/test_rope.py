@@ -162,3 +162,20 @@ def test_hf_reference_answers_as_the_cards_rope_below_across_and_above(short_phi
     if where == "below":
         forced = HFEngine(model.model_copy(update={"rope_factors": "long"}), sampling)
         assert forced.generate([req])[0].token_ids != theirs.token_ids
+
+
+def test_card_mode_refuses_a_row_whose_answer_would_cross_the_original_length(short_phi3):
+    """max_model_len 512 on a checkpoint switching at 64: the engine runs at 64 (vLLM's short
+    factors), and a row whose prompt + max_tokens passes 64 is context_overflow, saying why."""
+    from internvl_batch.engines.hf import HFEngine
+
+    model = ModelConfig(path=str(short_phi3), engine="hf", dtype="float32", max_model_len=512)
+    engine = HFEngine(model, SamplingConfig(max_tokens=30))
+    assert (engine.max_model_len, engine.sequence_limit) == (SHORT_ORIGINAL, SHORT_ORIGINAL)
+    fits = EngineRequest(id="fits", prompt=build_prompt("Hi.", template=engine.template),
+                         sampling=SamplingConfig(max_tokens=8))  # fmt: skip
+    crosses = EngineRequest(id="crosses", prompt=build_prompt("Hi.", template=engine.template))
+    done, refused = engine.generate([fits, crosses])
+    assert done.status == "ok" and done.num_prompt_tokens + 8 <= SHORT_ORIGINAL
+    assert refused.status == "context_overflow" and "+ sampling.max_tokens 30 exceeds 64" in refused.error
+    assert "LongRoPE" in refused.error
