@@ -114,3 +114,22 @@ def test_verify_refuses_a_job_the_rope_plan_refuses(manifest, twin_dirs, capsys)
     assert main(["verify", config, "--set", "preprocess.multi_image_max_num=12", "--set",
                  "preprocess.max_num=12"]) == 2  # fmt: skip
     assert "error: model.rope_factors: this checkpoint's RoPE is LongRoPE" in capsys.readouterr().err
+
+
+def test_verify_compares_with_model_chat_of_the_checkpoints_own_code(manifest, twin_dirs, tmp_path, capsys):
+    """trust_remote_code: the reference is the checkpoint's `model.chat` (here a stand-in remote
+    module, tests/support/fake_remote_chat.py), watched for its prompt ids, tokens and scores."""
+    import shutil
+
+    from tests.support import fake_remote_chat
+
+    d = fake_remote_chat.install(shutil.copytree(twin_dirs["qwen2"], tmp_path / "remote"))
+    config = _config(manifest, d, engine="hf", trust_remote_code=True)
+    assert main(["verify", config, "--rows", "2", "--max-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "reference: model.chat of the checkpoint's own code (FakeChatModel, trust_remote_code)" in out
+    assert out.count(" identical  prompt ") == 4
+    # the same checkpoint run with another template: model.chat's own prompt tells it apart
+    wrong = _config(manifest, d, engine="hf", trust_remote_code=True, template="Hermes-2")
+    assert main(["verify", wrong, "--rows", "1", "--max-tokens", "4"]) == 1
+    assert capsys.readouterr().out.count("PROMPT IDS DIFFER at ") == 2
