@@ -199,7 +199,7 @@ def plane_child(cfg_path: str) -> int:
     from internvl_batch.job.runner import run_job
 
     summary = run_job(load_config(cfg_path), stages=_stand_in_stages())
-    print("SUMMARY " + json.dumps({"rows_per_s": summary.rows_per_s, "written": summary.written_this_run,
+    print("SUMMARY " + json.dumps({"rows_per_s": summary.pairs_per_s, "written": summary.written_this_run,
                                    "wall_s": summary.wall_s, "finished": summary.finished}))  # fmt: skip
     return 0 if summary.finished else 1
 

@@ -7,6 +7,19 @@ import sys
 import time
 from pathlib import Path
 
+DESCRIPTION = """\
+Run InternVL vision-language models over millions of images and videos on a Ray cluster
+with vLLM, and write every answer to parquet: each manifest row exactly once per task,
+with a status, resumable after any crash.
+
+Start with `internvl-batch demo` (a tiny model on generated media, no GPU needed), then
+`validate` and `plan` a config of your own before you `run` it."""
+
+EPILOG = """\
+exit codes: 0 done (rows that failed on their own are in the output with their status);
+1 the job failed and may pass on a rerun, which resumes; 2 a problem that will repeat
+(config, manifest, model): fix it first."""
+
 DEFAULT_TINY_DIR = Path(".cache/tiny-internvl2_5")
 
 
@@ -141,17 +154,23 @@ def _plan(args: argparse.Namespace) -> int:
 
     from internvl_batch.job.manifest import ManifestError
     from internvl_batch.preflight.estimate import Rates, make_preflight
+    from internvl_batch.storage.retry import StorageError, kind_of
 
     try:
         rates = None
         if args.from_run:
             rates = Rates.from_success(args.from_run, cfg.output.storage_options)
-        elif args.rows_per_s or args.tokens_per_s:
-            rates = Rates("the command line", rows_per_s=args.rows_per_s, tokens_per_s=args.tokens_per_s)
+        elif args.pairs_per_s or args.tokens_per_s:
+            rates = Rates("the command line", pairs_per_s=args.pairs_per_s, tokens_per_s=args.tokens_per_s)
         result = make_preflight(cfg, args.sample, rates)
-    except (ManifestError, ValueError, OSError) as e:
+    except (ManifestError, ValueError) as e:
         _error(e, cfg)
         return 2
+    except OSError as e:
+        # A store that failed for now (retries spent, a timeout) may answer later: not "fix it first".
+        may_pass = isinstance(e, StorageError) or kind_of(e) == "transient"
+        _error(e, cfg, suffix=" (may pass on a retry)" if may_pass else "")
+        return 1 if may_pass else 2
     print(_scrub(json.dumps(result.to_dict(), indent=1) if args.json else result.text(), cfg))
     return 0
 
@@ -189,11 +208,20 @@ def _report(args: argparse.Namespace) -> int:
             return 2
         path, options = cfg.output.path, cfg.output.storage_options
     fs, root = fsspec.core.url_to_fs(path, **options)
+    expected = "a job's output.path (the folder that holds _state/ and, once finished, _SUCCESS)"
     if not fs.exists(root):
-        _error(f"{path} does not exist")
+        _error(f"{path} does not exist; expected {expected}")
+        return 2
+    if not fs.isdir(root):
+        _error(f"{path} is a file; expected {expected}")
+        return 2
+    out = OutputDir(path, options)
+    if not out.holds_job_output():
+        # Nothing is written into a folder that is not a job's output.
+        _error(f"{path} holds no job output (no _state/job.json, no _SUCCESS); expected {expected}")
         return 2
     dest = OutputDir(args.out) if args.out else None
-    print(write_report(OutputDir(path, options), dest=dest))
+    print(write_report(out, dest=dest))
     return 0
 
 
@@ -235,12 +263,25 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="internvl-batch", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from internvl_batch import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="internvl-batch",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a job: manifest -> CPU preprocessing -> engine replicas -> parquet")
     _add_config_args(p)
-    p.add_argument("--dry-run", action="store_true", help="resolve what would run (rows to do), run nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (shards done / to do, row x task pairs left) and write nothing; "
+        "no Ray cluster unless the manifest's new files hold over 256 MB",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser(
@@ -256,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--sample", type=int, default=200, help="manifest rows to sample")
-    p.add_argument("--rows-per-s", type=float, help="row x task pairs per second of one replica")
+    p.add_argument("--pairs-per-s", type=float, help="row x task pairs per second of one replica")
     p.add_argument("--tokens-per-s", type=float, help="prompt + output tokens per second of one replica")
     p.add_argument("--from-run", metavar="OUTPUT_PATH", help="take the rates a previous run's _SUCCESS measured")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -286,7 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="configs/demo.yaml on generated media: tiny model, local Ray, CPU vLLM")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of configs/demo.yaml (repeatable)",
+    )
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("mirror-model", help="copy a checkpoint (hub name or dir) to object storage, for model.path")
@@ -297,9 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_mirror_model)
 
     p = sub.add_parser("make-tiny-model", help="build a tiny random InternVL checkpoint (one per LLM family)")
-    p.add_argument("dir", type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=["original", "hf"], default="original")
+    p.add_argument("dir", type=Path, help="directory to write the checkpoint into (created)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the weights: the same seed gives the same bytes")
+    p.add_argument(
+        "--format",
+        choices=["original", "hf"],
+        default="original",
+        help="OpenGVLab's published layout (internvl_chat, what vLLM runs) or transformers' InternVL layout",
+    )
     p.add_argument(
         "--family",
         choices=["qwen2", "internlm2", "phi3", "phi3-internvl2", "llama3", "qwen3"],
@@ -312,8 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("smoke", help="generate with vLLM for two sample images (tiny model by default)")
     p.add_argument("--model", help="hub name or local dir; default: the tiny checkpoint, built on first use")
-    p.add_argument("--question", default="Please describe the image shortly.")
-    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--question", default="Please describe the image shortly.", help="the question asked of each image")
+    p.add_argument("--max-tokens", type=int, default=16, help="tokens generated per image")
     p.set_defaults(func=_smoke)
     return parser
 

@@ -2,10 +2,14 @@
 
 - A local directory (or file:// URL) passes through.
 - An object-storage prefix (s3://, gs://, ...: a mirror, see model_mirror.py) is copied
-  into the node cache.
+  into the node cache, keyed by the content of the mirror's manifest (not by the path):
+  a mirror rewritten in place gets a new key, so nodes fetch the new files, and versions
+  of the same path nobody used for `PRUNE_AFTER_S` are removed then. A prefix without its
+  manifest (a mirror still being written: the manifest is written last) or whose files do
+  not match it is refused.
 - A hub name is downloaded into the node cache when one is configured (`model.download_dir`,
-  else $INTERNVL_BATCH_MODEL_CACHE, which the k8s/ manifests point at a node-local
-  volume); without one it passes through and vLLM downloads it into $HF_HOME itself.
+  else $INTERNVL_BATCH_MODEL_CACHE, which k8s/opt-in/ points at a node-local volume);
+  without one it passes through and vLLM downloads it into $HF_HOME itself.
 
 The node cache is filled under a lock with a marker written last (node_cache.py): every
 replica on a node, in every pod that mounts the same volume, loads the same local copy.
@@ -27,9 +31,11 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from internvl_batch.engines.node_cache import MARKER, filled_once
+from internvl_batch.engines.node_cache import MARKER, CacheLockTimeout, filled_once, prune
 
 CACHE_ENV = "INTERNVL_BATCH_MODEL_CACHE"
+PRUNE_ENV = "INTERNVL_BATCH_MODEL_CACHE_PRUNE_AFTER_S"
+PRUNE_AFTER_S = 6 * 3600.0  # longer than any replica takes to load what it resolved
 # Written last by `internvl-batch mirror-model`; when a prefix has one, exactly its files are used.
 MIRROR_MANIFEST = "internvl-batch-mirror.json"
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.msgpack", "*.onnx")
@@ -68,33 +74,68 @@ def resolve_model_path(
     scheme = path.split("://", 1)[0] if "://" in path else ""
     if scheme == "file":
         return path.removeprefix("file://")
+    content, extra = None, {}
     if scheme:
         root = Path(download_dir) if download_dir else default_cache_dir()
-        fill = _copy_prefix(path, storage_options or {}, weights)
+        manifest = read_mirror_manifest(path, storage_options or {})
+        content = hashlib.sha256(manifest).hexdigest()
+        extra = {"mirror_manifest_sha256": content, "weights": weights}
+        fill = _copy_prefix(path, storage_options or {}, weights, manifest)
     elif is_hub_name(path) and (download_dir or os.environ.get(CACHE_ENV)):
         root = Path(download_dir or os.environ[CACHE_ENV])
         fill = _download_from_hub(path, weights)
     else:
         return path
-    whole = root / cache_key(path, weights=True)
+    whole = root / cache_key(path, weights=True, content=content)
     if not weights and (whole / MARKER).is_file():  # the full checkpoint holds the config files too
         local = whole
     else:
-        local = filled_once(root, cache_key(path, weights), path, fill)
+        key = cache_key(path, weights, content)
+        try:
+            local = filled_once(root, key, path, fill, extra=extra)
+        except CacheLockTimeout as e:
+            raise ModelPathError(f"model.path={path!r}: {e}") from e
+        if content is not None:
+            _prune_other_versions(root, key, path, weights)
     os.environ["HF_HUB_OFFLINE"] = "1"
     return str(local)
 
 
-def cache_key(path: str, weights: bool = True) -> str:
-    """A directory name an operator can read (`InternVL2_5-8B-1a2b...`), unique per source."""
+def cache_key(path: str, weights: bool = True, content: str | None = None) -> str:
+    """A directory name an operator can read (`InternVL2_5-8B-1a2b...`), unique per source and,
+    for a mirror, per content of its manifest (its sha256)."""
     source = path.rstrip("/")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", source.rsplit("/", 1)[-1])[:60] or "model"
-    digest = hashlib.sha256(f"{source}\0{weights}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{source}\0{weights}\0{content or ''}".encode()).hexdigest()[:12]
     return f"{slug}-{digest}" if weights else f"{slug}-{digest}-noweights"
 
 
-def _prefix_listing(fs, prefix: str, url: str) -> dict[str, int]:
-    """The checkpoint's files under `prefix` (relative name -> size); a mirror's manifest is authoritative."""
+def read_mirror_manifest(url: str, storage_options: dict[str, Any]) -> bytes:
+    """The bytes of the mirror's manifest (one small read); refused when it is not there."""
+    import fsspec
+
+    fs, prefix = fsspec.core.url_to_fs(url, **storage_options)
+    try:
+        return fs.cat_file(f"{prefix.rstrip('/')}/{MIRROR_MANIFEST}")
+    except FileNotFoundError:
+        raise ModelPathError(
+            f"model.path={url!r}: no {MIRROR_MANIFEST} under this prefix: the mirror is still being written "
+            f"(`internvl-batch mirror-model` writes it last) or was not made by it; run `internvl-batch "
+            f"mirror-model` to this prefix and retry"
+        ) from None
+
+
+def _prune_other_versions(root: Path, keep: str, path: str, weights: bool) -> None:
+    source = path.rstrip("/")
+
+    def same(info: dict[str, Any]) -> bool:
+        return str(info.get("source", "")).rstrip("/") == source and info.get("weights", True) == weights
+
+    prune(root, keep, same, float(os.environ.get(PRUNE_ENV) or PRUNE_AFTER_S))
+
+
+def _prefix_listing(fs, prefix: str, url: str, manifest: bytes) -> dict[str, int]:
+    """The checkpoint's files (relative name -> size): the manifest's, each checked under `prefix`."""
     found = {}
     for full, info in fs.find(prefix, detail=True).items():
         if not full.startswith(prefix + "/"):  # a sibling such as <prefix>-v2/
@@ -102,28 +143,31 @@ def _prefix_listing(fs, prefix: str, url: str) -> dict[str, int]:
         name = full[len(prefix) + 1 :]
         if info.get("type") != "directory" and not is_hidden(name):
             found[name] = int(info["size"])
-    manifest = found.pop(MIRROR_MANIFEST, None)
-    if manifest is not None:
-        listed = {k: int(v) for k, v in json.loads(fs.cat_file(f"{prefix}/{MIRROR_MANIFEST}"))["files"].items()}
-        bad = sorted(n for n, size in listed.items() if found.get(n) != size)
-        if bad:
-            raise ModelPathError(
-                f"model.path={url!r}: the mirror is incomplete or was changed after it was written "
-                f"({len(bad)} file(s) missing or of another size, e.g. {bad[0]}); run `internvl-batch mirror-model` again"
-            )
-        return listed
-    if not found:
-        raise ModelPathError(f"model.path={url!r}: no files under this prefix")
-    return found
+    try:
+        listed = {k: int(v) for k, v in json.loads(manifest)["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelPathError(f"model.path={url!r}: {MIRROR_MANIFEST} is not a mirror manifest ({e!r})") from None
+    bad = sorted(n for n, size in listed.items() if found.get(n) != size)
+    if bad or not listed:
+        raise ModelPathError(
+            f"model.path={url!r}: the mirror is incomplete or was changed after it was written "
+            f"({len(bad)} file(s) missing or of another size, e.g. {bad[0] if bad else 'no files listed'}); "
+            f"run `internvl-batch mirror-model` again"
+        )
+    return listed
 
 
-def _copy_prefix(url: str, storage_options: dict[str, Any], weights: bool) -> Callable[[Path], dict[str, Any]]:
+def _copy_prefix(
+    url: str, storage_options: dict[str, Any], weights: bool, manifest: bytes
+) -> Callable[[Path], dict[str, Any]]:
     def fill(dest: Path) -> dict[str, Any]:
         import fsspec
 
         fs, prefix = fsspec.core.url_to_fs(url, **storage_options)
         prefix = prefix.rstrip("/")
-        files = {n: s for n, s in _prefix_listing(fs, prefix, url).items() if weights or not is_weight_file(n)}
+        files = {
+            n: s for n, s in _prefix_listing(fs, prefix, url, manifest).items() if weights or not is_weight_file(n)
+        }
         todo = {n: s for n, s in files.items() if not _complete(dest / n, s)}
         _check_space(dest, sum(todo.values()), url)
         for name, size in sorted(todo.items()):
@@ -160,6 +204,6 @@ def _check_space(dest: Path, needed: int, url: str) -> None:
     if needed > free:
         raise ModelPathError(
             f"model.path={url!r} needs {needed / 1e9:.1f} GB more in the model cache {dest.parent}, which has "
-            f"{free / 1e9:.1f} GB free: point model.download_dir / ${CACHE_ENV} (k8s/: the model-cache "
-            f"hostPath) at a larger disk, e.g. the node's local NVMe"
+            f"{free / 1e9:.1f} GB free: point model.download_dir / ${CACHE_ENV} (k8s/: the opt-in model-cache "
+            f"volume) at a larger disk, e.g. the node's local NVMe"
         )

@@ -9,12 +9,20 @@ names the cause and the stage, within seconds.
 
 Reports are fire-and-forget except an engine's death notice, which is awaited briefly:
 the process exits right after it.
+
+Not every death is reported: an engine actor SIGKILLed (the OOM killer's way) or crashed
+dies before it can say so, and Ray restarts it in place (Ray Data's actors have
+max_restarts=-1). So every engine actor reports when it starts, with how many times Ray
+has restarted it; a restart no report accounts for is a death too, and counts against
+`runtime.max_engine_restarts` like any other, with the likely cause (the node's kernel
+OOM-kill count and memory use, which the restarted actor reads on its node).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +52,11 @@ class JobMonitor:
         self.consecutive_failures = 0
         self.last_failure: str | None = None
         self.engines_started = 0
+        # Engine actors by Ray actor id: the restarts seen, deaths reported since, node facts.
+        self._restarts: dict[str, int] = {}
+        self._reported: Counter[str] = Counter()
+        self._node: dict[str, dict[str, Any]] = {}
+        self.live: dict[str, str] = {}  # actor id -> replica whose engine started and did not fail
         self.replicas: dict[str, dict[str, Any]] = {}
         self.counters: dict[str, int] = {}
         self.fatal: str | None = None
@@ -51,6 +64,11 @@ class JobMonitor:
 
     def join(self, actor: Any) -> None:
         self.actors.append(actor)
+
+    def release_actors(self) -> None:
+        """Drop the stage actors' handles: a finished pipeline's actors then exit gracefully
+        (Ray Data drops its own) and shut their engines down (InferenceStage.close)."""
+        self.actors.clear()
 
     def stage_actors(self) -> list[Any]:
         """The handles of every stage actor that joined: the runner kills them when the job fails."""
@@ -71,10 +89,29 @@ class JobMonitor:
         for k, v in counters.items():
             self.counters[k] = self.counters.get(k, 0) + v
 
-    def engine_started(self, replica: str) -> None:
-        self.engines_started += 1
+    def engine_starting(self, replica: str, actor_id: str, restarts: int, node: dict[str, Any]) -> None:
+        """An engine actor's constructor began: count the deaths behind its restarts that no
+        report accounts for (SIGKILL, OOM, a crash)."""
+        before = self._restarts.get(actor_id, 0)
+        unreported = max(0, restarts - before - self._reported.pop(actor_id, 0))
+        previous = self._node.get(actor_id, {})
+        self._restarts[actor_id], self._node[actor_id] = restarts, node
+        self.live.pop(actor_id, None)
+        for _ in range(unreported):
+            self._count_failure(replica, _unreported_cause(actor_id, previous, node))
 
-    def engine_failed(self, replica: str, cause: str) -> None:
+    def engine_started(self, replica: str, actor_id: str | None = None) -> None:
+        self.engines_started += 1
+        if actor_id is not None:
+            self.live[actor_id] = replica
+
+    def engine_failed(self, replica: str, cause: str, actor_id: str | None = None) -> None:
+        if actor_id is not None:
+            self._reported[actor_id] += 1  # its restart is this death, not another
+            self.live.pop(actor_id, None)
+        self._count_failure(replica, cause)
+
+    def _count_failure(self, replica: str, cause: str) -> None:
         self.engine_failures += 1
         self.consecutive_failures += 1
         self.last_failure = cause
@@ -98,9 +135,41 @@ class JobMonitor:
             "engine_failures": self.engine_failures,
             "last_engine_failure": self.last_failure,
             "engines_started": self.engines_started,
+            "engine_actors": sorted(self.live),
             "replicas": dict(self.replicas),
             "counters": dict(self.counters),
         }
+
+
+def node_facts() -> dict[str, Any]:
+    """What a restarted engine actor can tell about why its last process died: the node's
+    kernel OOM-kill count (/proc/vmstat) and memory use, read on the node it runs on."""
+    import socket
+
+    import psutil
+
+    facts: dict[str, Any] = {"host": socket.gethostname(), "memory_percent": psutil.virtual_memory().percent}
+    try:
+        with open("/proc/vmstat") as f:
+            facts["oom_kills"] = next((int(line.split()[1]) for line in f if line.startswith("oom_kill ")), None)
+    except OSError:  # not Linux, or no /proc: the memory figure alone
+        pass
+    return facts
+
+
+def _unreported_cause(actor_id: str, before: dict[str, Any], now: dict[str, Any]) -> str:
+    cause = (
+        f"the engine actor {actor_id[:12]} died without reporting why and Ray restarted it: its process "
+        "was killed (SIGKILL: the OOM killer's way, or a preemption) or crashed"
+    )
+    kills_then, kills_now = before.get("oom_kills"), now.get("oom_kills")
+    same_host = before.get("host") == now.get("host")
+    if same_host and kills_then is not None and kills_now is not None and kills_now > kills_then:
+        cause += f"; the kernel's OOM killer ran {kills_now - kills_then} time(s) on {now['host']} meanwhile"
+    memory = now.get("memory_percent")
+    if memory is not None:
+        cause += f"; {now.get('host', 'its node')} memory is {memory:.0f}% used now"
+    return cause
 
 
 def stalled_stage(snapshot: dict[str, Any]) -> str:
@@ -147,12 +216,24 @@ class MonitorClient:
         if (actor := self._get()) and counters:
             actor.count.remote(counters)
 
-    def engine_started(self, replica: str) -> None:
-        if actor := self._get():
-            actor.engine_started.remote(replica)
+    def engine_starting(self, replica: str) -> str | None:
+        """From an engine actor's constructor, first thing: lets the monitor count deaths no
+        report told of (see the module's docstring). Returns this actor's id."""
+        if not (actor := self._get()):
+            return None
+        import ray
 
-    def engine_failed(self, replica: str, cause: str) -> None:
-        self._report("engine_failed", replica, cause)
+        ctx = ray.get_runtime_context()
+        actor_id = ctx.get_actor_id()
+        actor.engine_starting.remote(replica, actor_id, _restarts(actor_id), node_facts())
+        return actor_id
+
+    def engine_started(self, replica: str, actor_id: str | None) -> None:
+        if actor := self._get():
+            actor.engine_started.remote(replica, actor_id)
+
+    def engine_failed(self, replica: str, cause: str, actor_id: str | None = None) -> None:
+        self._report("engine_failed", replica, cause, actor_id)
 
     def stage_failed(self, stage: str, cause: str) -> None:
         """A failure that fails the job: reported before it is raised, because Ray Data's abort
@@ -160,7 +241,7 @@ class MonitorClient:
         reach the driver; the driver's poll sees this instead."""
         self._report("stage_failed", stage, cause)
 
-    def _report(self, method: str, *args: str) -> None:
+    def _report(self, method: str, *args: str | None) -> None:
         if actor := self._get():
             import ray
 
@@ -168,3 +249,20 @@ class MonitorClient:
                 ray.get(getattr(actor, method).remote(*args), timeout=10)
             except Exception:  # the report is best effort; the raise or exit that follows is not
                 log.exception("could not report a failure to the job monitor")
+
+
+def actor_states(actor_ids: list[str]) -> dict[str, str]:
+    """ALIVE / RESTARTING / DEAD ... per actor id, from the GCS's actor table (no dashboard needed)."""
+    from ray._private.state import actors
+
+    return {a: str((actors(actor_id=a) or {}).get("State", "DEAD")) for a in actor_ids}
+
+
+def _restarts(actor_id: str) -> int:
+    """How many times Ray has restarted this actor. From the GCS's actor table, the source
+    Ray's own `RuntimeContext.was_current_actor_reconstructed` reads (which gives only a bool:
+    two kills before the first report must count as two)."""
+    from ray._private.state import actors
+
+    info = actors(actor_id=actor_id) or {}
+    return int(info.get("NumRestarts", 0))

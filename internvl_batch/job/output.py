@@ -31,6 +31,7 @@ from internvl_batch.storage import retry
 
 LEDGER = "_ledger"
 STATE = "_state"
+SUCCESS = "_SUCCESS"
 CHECKSUM_KEY = b"internvl_batch.shard_checksum"
 _KEY_COLUMNS = ["row", "task", "status", "run_id"]
 
@@ -211,11 +212,16 @@ class OutputDir:
         return int(loser.sum()), ranked.filter(pa.array(~loser)).drop_columns(["ok"])
 
     # -- the marker -------------------------------------------------------------------
+    def holds_job_output(self) -> bool:
+        """Whether a run has written here: every run records its settings first (`plan`), a
+        finished one `_SUCCESS` last."""
+        return any(self.fs.exists(self.path(n)) for n in (f"{STATE}/job.json", SUCCESS))
+
     def clear_success(self) -> None:
-        self.remove([self.path("_SUCCESS")])
+        self.remove([self.path(SUCCESS)])
 
     def write_success(self, summary: dict[str, Any]) -> None:
-        self.write_atomic("_SUCCESS", json.dumps(summary, indent=2, sort_keys=True).encode())
+        self.write_atomic(SUCCESS, json.dumps(summary, indent=2, sort_keys=True).encode())
 
 
 def status_counts(keys: pa.Table) -> dict[str, dict[str, int]]:

@@ -28,6 +28,12 @@ def stage_resources(cfg: JobConfig) -> dict[str, StageResources]:
             concurrency=rt.replicas,
             batch_size=rt.engine_batch_size,
             in_flight=cfg.engine_batches_in_flight(),
+            # Ray kills a worker's child processes the moment the worker starts to exit, before
+            # any of its Python runs: the vLLM engine core would die under a live AsyncLLM at
+            # the end of every run (an EngineDeadError logged, shared memory leaked). The stage
+            # shuts its engine down itself as the actor exits (InferenceStage.close); a crashed
+            # or killed actor's engine core still goes, since vLLM's processes exit with their parent.
+            env=(("RAY_kill_child_processes_on_worker_exit", "false"),),
         ),
     }
 

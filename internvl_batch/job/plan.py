@@ -93,7 +93,13 @@ def _check_settings(out: OutputDir, cfg: JobConfig, write: bool) -> None:
 
 
 def _shards_of_files(
-    cfg: JobConfig, out: OutputDir, files: list[ManifestFile], ledger: dict[str, dict], mapper: Mapper, write: bool
+    cfg: JobConfig,
+    out: OutputDir,
+    files: list[ManifestFile],
+    ledger: dict[str, dict],
+    mapper: Mapper,
+    write: bool,
+    local_bytes: int,
 ) -> list[Shard]:
     cached = out.read_jsons([_file_plan_name(f) for f in files])
     shard_rows = cfg.input.shard_rows
@@ -115,6 +121,8 @@ def _shards_of_files(
         log.info("plan: reading %d manifest file(s) to cut shards", len(stale))
         fs_spec = (cfg.input.path, cfg.input.storage_options)
         jobs = [(fs_spec, f, shard_rows, prefix) for f, prefix in stale]
+        if sum(f.size or local_bytes + 1 for f, _ in stale) <= local_bytes:
+            mapper = _threads  # small enough to cut here, without a cluster
         for (f, _), planned in zip(stale, mapper(_plan_one, jobs)):
             retry.record(planned["counters"])
             shards = planned["shards"]
@@ -163,13 +171,20 @@ def read_splits(files: list[ManifestFile], shards: list[Shard], resume: set[str]
     return splits
 
 
-def make_plan(cfg: JobConfig, out: OutputDir, mapper: Mapper = map, write: bool = True) -> Plan:
-    """`write=False` (a dry run) changes nothing under the output path."""
+def _threads(fn: Callable, items: list) -> list:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(fn, items))
+
+
+def make_plan(cfg: JobConfig, out: OutputDir, mapper: Mapper = map, write: bool = True, local_bytes: int = 0) -> Plan:
+    """`write=False` (a dry run) changes nothing under the output path. New or changed manifest
+    files are cut into shards by `mapper` (Ray tasks in a run), or here in threads when they
+    hold at most `local_bytes` in all."""
     tasks = [t.name for t in cfg.task]
     _check_settings(out, cfg, write)
     fs, files = list_files(cfg.input)
     ledger = out.read_ledger(out.ledger_ids())
-    every = _shards_of_files(cfg, out, files, ledger, mapper, write)
+    every = _shards_of_files(cfg, out, files, ledger, mapper, write, local_bytes)
     shards = every if cfg.input.limit is None else _limit(every, cfg.input.limit)
     parted = {shard_of_part(p) for p in out.part_files()}
     existing = {s.id for s in every}

@@ -21,7 +21,7 @@ from typing import Any
 from internvl_batch.config import JobConfig
 from internvl_batch.engines.occupancy import combine
 from internvl_batch.job.dedup import find_duplicates, shards_key
-from internvl_batch.job.monitor import JobFailed, stalled_stage, start_monitor
+from internvl_batch.job.monitor import JobFailed, actor_states, stalled_stage, start_monitor
 from internvl_batch.job.output import STATE, OutputDir, new_run_id
 from internvl_batch.job.plan import Plan, make_plan, read_splits
 from internvl_batch.job.sink import ShardSink
@@ -48,7 +48,7 @@ class RunSummary:
     status_counts: dict[str, int] = field(default_factory=dict)
     duplicate_ids: int = 0
     wall_s: float = 0.0
-    rows_per_s: float = 0.0
+    pairs_per_s: float = 0.0
     output_tokens_per_s: float = 0.0
     stage_ms: dict[str, float] = field(default_factory=dict)
     engine: dict[str, Any] = field(default_factory=dict)
@@ -56,18 +56,47 @@ class RunSummary:
     prompt_tokens_per_s: float = 0.0
     tiles_per_s: float = 0.0
     resources: dict[str, Any] = field(default_factory=dict)  # replicas and GPUs: what `plan` scales rates by
+    started_at: str = ""  # UTC, ISO 8601: when this run's pipeline started
+    ended_at: str = ""
+    gpu_hours: float = 0.0  # wall clock x replicas x GPUs per replica (the GPUs reserved, busy or not)
 
     @property
     def todo_rows(self) -> int:
         return self.plan.get("rows_x_tasks_to_do", 0)
 
 
-def _ray_mapper(ray, num_cpus: float):
+# A dry run cuts new manifest files into shards on the driver when they hold at most this
+# much; a larger plan (or any real run) cuts them in Ray tasks, on the cluster's CPUs.
+DRY_RUN_LOCAL_BYTES = 256 * 1024**2
+
+
+def _utc(epoch_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
+
+
+def _ray_mapper(cfg: JobConfig, num_cpus: float):
+    """Ray tasks, with Ray started on first use: a run that finds its plan cached, or fails
+    on a missing manifest, says so before a cluster starts."""
+    from internvl_batch.job.pipeline import init_ray
+
     def mapper(fn, items):
+        ray = init_ray(cfg)
         task = ray.remote(fn).options(num_cpus=num_cpus)
         return ray.get([task.remote(i) for i in items])
 
     return mapper
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """The plan for a person: what the manifest holds, what is done, and one sentence on what is left."""
+    s = plan["shards"]
+    left = plan["rows_x_tasks_to_do"]
+    return "\n".join([
+        f"manifest: {plan['manifest_files']} file(s), {plan['manifest_rows']:,} rows x {len(plan['tasks'])} task(s) "
+        f"({', '.join(plan['tasks'])})",
+        f"shards: {s['total']} in all, {s['done']} done, {s['todo']} to do, {s['resume']} to resume, {s['redo']} to redo",
+        f"{left:,} row x task pairs to do." if left else "Nothing left to do: every row x task pair is in the output.",
+    ])  # fmt: skip
 
 
 def _duplicates(ray, cfg: JobConfig, plan: Plan, out: OutputDir) -> tuple[str | None, int]:
@@ -172,6 +201,23 @@ def _end_pipeline(ray, monitor) -> None:
             ray.kill(actor, no_restart=True)
 
 
+def _let_engines_stop(ray, monitor, timeout_s: float = 30.0) -> None:
+    """A finished pipeline's engine actors exit once nothing holds them, shutting their engines
+    down on the way; wait (bounded) until they are gone, so that whoever stops Ray next (the
+    demo, a RayJob's end) never kills an engine mid-shutdown."""
+    try:
+        engines = _snapshot(ray, monitor).get("engine_actors", [])
+        ray.get(monitor.release_actors.remote(), timeout=10)
+        deadline = time.monotonic() + timeout_s
+        while (live := [a for a, s in actor_states(engines).items() if s != "DEAD"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    except Exception as e:  # an aid to a clean exit; the run's result stands without it
+        log.warning("could not wait for the engines to stop: %s", e)
+        return
+    if live:
+        log.warning("%d engine actor(s) still shutting down after %.0fs; going on", len(live), timeout_s)
+
+
 def _snapshot(ray, monitor) -> dict[str, Any]:
     try:
         return ray.get(monitor.snapshot.remote(), timeout=10)
@@ -209,16 +255,16 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
     retry.drain()  # this process's counts from before this run are not this run's
     tasks = [t.name for t in cfg.task]
     out = OutputDir(cfg.output.path, cfg.output.storage_options)
-    ray = init_ray(cfg)
     # Planning and the duplicate check run before the pipeline, when the cluster's CPUs are free.
-    plan = make_plan(cfg, out, _ray_mapper(ray, 1.0), write=not dry_run)
+    local = DRY_RUN_LOCAL_BYTES if dry_run else 0
+    plan = make_plan(cfg, out, _ray_mapper(cfg, 1.0), write=not dry_run, local_bytes=local)
     summary = RunSummary(finished=False, run_id=new_run_id(), plan=plan.summary(tasks))
-    log.info("plan: %s", json.dumps(summary.plan))
     if dry_run:
         summary.finished = True
-        print(json.dumps(summary.plan, indent=2))
+        print(plan_text(summary.plan))
         return summary
-
+    log.info("plan: %s", json.dumps(summary.plan))
+    ray = init_ray(cfg)
     out.clear_success()
     duplicates, summary.duplicate_ids = _duplicates(ray, cfg, plan, out)
     schema = output_schema(cfg.input.passthrough)
@@ -232,6 +278,7 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
         if plan.todo:
             args = _stage_args(cfg, out, summary.run_id, duplicates, monitor_name)
             execute(ray, cfg, plan, sink, progress, {**default_stages(), **(stages or {})}, args, monitor)
+            _let_engines_stop(ray, monitor)
     except BaseException:
         _end_pipeline(ray, monitor)
         raise
@@ -242,14 +289,17 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
         progress.observe(snap)
         progress.close()
     wall = time.monotonic() - progress.start
+    ended = time.time()
+    summary.started_at, summary.ended_at = _utc(ended - wall), _utc(ended)
     summary.written_this_run = sink.written
     summary.wall_s = round(wall, 2)
-    summary.rows_per_s = round(sink.written / wall, 3) if wall else 0.0
+    summary.pairs_per_s = round(sink.written / wall, 3) if wall else 0.0
     summary.output_tokens_per_s = round(progress.tokens / wall, 2) if wall else 0.0
     summary.prompt_tokens_per_s = round(progress.prompt_tokens / wall, 2) if wall else 0.0
     summary.tiles_per_s = round(progress.tiles / wall, 2) if wall else 0.0
     summary.resources = {"model": cfg.model.path, "replicas": cfg.runtime.replicas,
                          "gpus_per_replica": cfg.model.tensor_parallel_size if cfg.runtime.use_gpu else 0}  # fmt: skip
+    summary.gpu_hours = round(wall * cfg.runtime.replicas * summary.resources["gpus_per_replica"] / 3600, 4)
     summary.stage_ms = {k: round(v, 1) for k, v in progress.stage_ms.items()}
     summary.engine = {**combine(list(snap.get("replicas", {}).values())), "failures": snap.get("engine_failures", 0)}
     summary.status_counts, bad = verify(out, plan, tasks)

@@ -26,6 +26,27 @@ REPORT_HTML = "_report.html"
 REPORT_PNG = "_report.png"
 SECTIONS = ("summary", "throughput", "status", "tiles", "prompt-tokens", "slowest", "errors", "runs")
 _STAGE_LABELS = {"read": "read (rows)", "prepare": "prepare (rows)", "inference": "inference (rows x tasks)"}
+# One colour per status in every chart: ok green, every failure a warm colour.
+STATUS_COLORS = {
+    "ok": "#2ca02c",
+    "invalid_row": "#ff7f0e",
+    "fetch_error": "#d62728",
+    "decode_error": "#8c564b",
+    "too_large": "#e6ab02",
+    "context_overflow": "#e377c2",
+    "engine_error": "#7f0000",
+}
+_OTHER_STATUS = "#bc8f8f"
+# Stages in cool colours, each in its own line style, so a line drawn over another shows.
+_STAGE_STYLES = {
+    "read": {"color": "#9ecae1", "ls": ":"},
+    "prepare": {"color": "#3182bd", "ls": "--"},
+    "inference": {"color": "#08519c", "ls": "-", "lw": 2.5},
+}
+
+
+def status_color(status: str) -> str:
+    return STATUS_COLORS.get(status, _OTHER_STATUS)
 
 
 # -- plots: each draws on one Axes, shared by the HTML sections and the summary PNG ------------
@@ -42,19 +63,28 @@ def _rates(samples: list[dict[str, Any]], value, scale: float) -> tuple[np.ndarr
     return t[1:][keep] / scale, np.diff(v)[keep] / dt[keep]
 
 
+def _busy_samples(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The samples from the last one before any stage had rows: the start-up before it is no throughput."""
+    for i, s in enumerate(samples):
+        if s["rows"] or any(s.get("stages", {}).values()):
+            return samples[max(i - 1, 0) :]
+    return []
+
+
 def plot_throughput(ax, data: ReportData) -> None:
-    samples = data.timeline.get(data.latest_run or "", [])
+    samples = _busy_samples(data.timeline.get(data.latest_run or "", []))
     scale, unit = (60.0, "minutes") if samples and samples[-1]["t"] > 600 else (1.0, "seconds")
-    style = {"marker": "o", "ms": 3} if len(samples) < 30 else {}
+    marker = {"marker": "o", "ms": 3} if len(samples) < 30 else {}
     for stage, label in _STAGE_LABELS.items():
         x, y = _rates(samples, lambda s, stage=stage: s.get("stages", {}).get(stage, 0), scale)
         if len(x) and y.any():
-            ax.plot(x, y, label=label, lw=1.2, **style)
+            ax.plot(x, y, label=label, **{"lw": 1.5, **_STAGE_STYLES[stage], **marker})
     x, y = _rates(samples, lambda s: s["rows"], scale)
     if len(x):
-        ax.plot(x, y, label="output (rows x tasks)", lw=2, color="black", **style)
-    ax.set_xlabel(f"{unit} since the run started")
-    ax.set_ylabel("per second")
+        # Thin and on top: it equals the inference stage's line once the sink keeps up.
+        ax.plot(x, y, label="output (rows x tasks)", lw=1, color="black", zorder=5, **marker)
+    ax.set_xlabel(f"time since the run started ({unit})")
+    ax.set_ylabel("rows per second")
     ax.set_title(f"throughput per stage, run {data.latest_run or '-'}")
     if ax.lines:
         ax.legend(fontsize=7)
@@ -63,14 +93,16 @@ def plot_throughput(ax, data: ReportData) -> None:
 
 
 def plot_status(ax, data: ReportData) -> None:
-    statuses = sorted({s for by in data.status_by_task.values() for s in by})
+    statuses = sorted({s for by in data.status_by_task.values() for s in by}, key=lambda s: (s != "ok", s))
     tasks = sorted(data.status_by_task)
     bottom = np.zeros(len(tasks))
     for status in statuses:
         values = np.array([data.status_by_task[t].get(status, 0) for t in tasks], float)
-        ax.bar(tasks, values, bottom=bottom, label=status)
+        ax.bar(tasks, values, bottom=bottom, label=status, color=status_color(status))
         bottom += values
     ax.set_title("rows by task and status")
+    ax.set_xlabel("task")
+    ax.set_ylabel("rows (row x task pairs)")
     if statuses:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
@@ -88,11 +120,11 @@ def _plot_counts(ax, counts: np.ndarray, title: str, xlabel: str, bins: int | No
 
 
 def plot_tiles(ax, data: ReportData) -> None:
-    _plot_counts(ax, data.tiles, "tiles per row", "tiles (448px, thumbnail included)")
+    _plot_counts(ax, data.tiles, "tiles per row", "tiles per row (448px tiles, thumbnail included)")
 
 
 def plot_prompt_tokens(ax, data: ReportData) -> None:
-    _plot_counts(ax, data.prompt_tokens, "prompt tokens per ok row", "prompt tokens", bins=40)
+    _plot_counts(ax, data.prompt_tokens, "prompt tokens per ok row", "prompt tokens per row (tokens)", bins=40)
 
 
 def _figure(draw, data: ReportData, size=(7, 3.2)):
@@ -131,9 +163,14 @@ def render_png(data: ReportData) -> bytes:
 # -- HTML ------------------------------------------------------------------------------------
 
 
+class Markup(str):
+    """A table cell that is HTML already (a coloured status), not text to escape."""
+
+
 def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
+    cell = lambda v: v if isinstance(v, Markup) else html.escape(_fmt(v))  # noqa: E731
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
     return f'<table class="{cls}"><tr>{head}</tr>{body}</table>'
 
 
@@ -164,36 +201,57 @@ def _summary(data: ReportData) -> list[list[Any]]:
     s = data.success or {}
     rows: list[list[Any]] = [["state", "finished" if data.finished else "in progress (no _SUCCESS)"]]
     if s:
-        plan, engine = s.get("plan", {}), s.get("engine", {})
+        plan, engine, res, c = s.get("plan", {}), s.get("engine", {}), s.get("resources", {}), s.get("counters", {})
+        stage_ms = s.get("stage_ms", {})
+        spent = sum(stage_ms.values()) or 1.0
         rows += [
-            ["run_id", s.get("run_id")], ["manifest rows", plan.get("manifest_rows")], ["tasks", ", ".join(plan.get("tasks", []))],
-            ["rows x tasks written this run", s.get("written_this_run")], ["wall_s", s.get("wall_s")],
-            ["rows_per_s", s.get("rows_per_s")], ["output_tokens_per_s", s.get("output_tokens_per_s")],
-            ["prompt_tokens_per_s", s.get("prompt_tokens_per_s")], ["tiles_per_s", s.get("tiles_per_s")],
+            ["run_id", s.get("run_id")], ["model", res.get("model")],
+            ["replicas x GPUs per replica", f"{res.get('replicas', '-')} x {res.get('gpus_per_replica', '-')}"],
+            ["started (UTC)", s.get("started_at")], ["ended (UTC)", s.get("ended_at")], ["wall clock (s)", s.get("wall_s")],
+            ["GPU-hours (reserved)", s.get("gpu_hours")],
+            ["manifest rows", plan.get("manifest_rows")], ["tasks", ", ".join(plan.get("tasks", []))],
+            ["row x task pairs written this run", s.get("written_this_run")],
+            ["row x task pairs per second", s.get("pairs_per_s")], ["output tokens per second", s.get("output_tokens_per_s")],
+            ["prompt tokens per second", s.get("prompt_tokens_per_s")], ["tiles per second", s.get("tiles_per_s")],
+            *[[f"time in {k} (summed over rows)", f"{v / 1000:,.1f} s ({v / spent:.0%})"] for k, v in stage_ms.items()],
             ["engine occupancy", engine.get("occupancy")], ["engine failures", engine.get("failures")],
+            ["retries: media fetches", c.get("fetch_retries", 0)], ["retries: storage I/O", c.get("storage_retries", 0)],
             ["duplicate ids", s.get("duplicate_ids")],
         ]  # fmt: skip
         rows += [[f"status {k}", v] for k, v in sorted(s.get("status_counts", {}).items())]
+    for task, (cut, ok) in data.cut_by_max_tokens.items():
+        rows.append([f"answers cut by max_tokens: {task}", f"{cut} of {ok} ok ({cut / max(ok, 1):.0%})"])
     rows.append(["shards done (ledger)", data.shards_done])
     return rows
 
 
 _CSS = """body{font:14px system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}th{background:#f3f3f3}.note{color:#666}
-section{margin-bottom:2em}svg{max-width:100%;height:auto}"""
+section{margin-bottom:2em}svg{max-width:100%;height:auto}.status{color:#fff;padding:0 4px;border-radius:3px}"""
+
+
+def _status_cell(status: str) -> Markup:
+    return Markup(f'<span class="status" style="background:{status_color(status)}">{html.escape(status)}</span>')
 
 
 def render_html(data: ReportData) -> str:
     e = html.escape
-    status_rows = [[t, s, n] for t, by in sorted(data.status_by_task.items()) for s, n in sorted(by.items())]
+    status_rows = [
+        [t, _status_cell(s), n] for t, by in sorted(data.status_by_task.items()) for s, n in sorted(by.items())
+    ]
     sample_note = (f"{data.files_read} of {data.part_files} part files read (evenly spread), {data.rows_read} rows"
                    if data.sampled else f"all {data.part_files} part files read, {data.rows_read} rows")  # fmt: skip
+    kinds = _table(["status", "rows", "error (what names one item replaced)"],
+                   [[_status_cell(st), n, kind] for st, kind, n in data.error_kinds])  # fmt: skip
+    samples = "".join(
+        f"<h3>{_status_cell(status)}</h3>"
+        + _table(["id", "task", "error"], [[r["id"], r["task"], r["error"]] for r in items])
+        for status, items in sorted(data.errors.items())
+    )
     errors = (
-        "".join(
-            f"<h3>{e(status)}</h3>" + _table(["id", "task", "error"], [[r["id"], r["task"], r["error"]] for r in items])
-            for status, items in sorted(data.errors.items())
-        )
-        or "<p>no failed rows</p>"
+        f"<h3>the most frequent errors</h3>{kinds}<h3>samples per status</h3>{samples}"
+        if samples
+        else "<p>no failed rows</p>"
     )
     runs = [[run, _utc(s[0]["time"] - s[0]["t"]), s[-1]["t"], s[-1]["rows"], len(s)]
             for run, s in sorted(data.timeline.items()) if s]  # fmt: skip
@@ -212,7 +270,7 @@ def render_html(data: ReportData) -> str:
             ["id", "task", "status", "tiles", "preprocess_ms", "engine_ms", "total_ms"],
             [[r["id"], r["task"], r["status"], r["num_tiles"], r["preprocess_ms"], r["engine_ms"], r["total_ms"]]
              for r in data.slowest])),
-        "errors": ("Error samples per status", f'<p class="note">{e(sample_note)}</p>' + errors),
+        "errors": ("Errors: counts by message and samples", f'<p class="note">{e(sample_note)}</p>' + errors),
         "runs": ("Runs (timelines)", _table(["run_id", "started (UTC)", "duration_s", "rows x tasks", "samples"],
                                             runs)),
     }  # fmt: skip

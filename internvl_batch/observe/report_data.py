@@ -10,6 +10,8 @@ sample of them is read, and the report says so.
 from __future__ import annotations
 
 import heapq
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,24 @@ MAX_FILES = 200
 LEDGER_LIMIT = 20_000  # entries read for the per-task breakdown (one small object each)
 SLOWEST = 10
 SAMPLES_PER_STATUS = 5
-_COLUMNS = ["id", "task", "status", "error", "num_tiles", "num_prompt_tokens", "preprocess_ms", "engine_ms"]
+TOP_ERRORS = 10
+_MAX_ERROR_KINDS = 1000  # distinct messages kept while counting; the rest count as "(other messages)"
+_COLUMNS = ["id", "task", "status", "error", "num_tiles", "num_prompt_tokens", "preprocess_ms", "engine_ms",
+            "finish_reason"]  # fmt: skip
+# What makes two error messages differ without being another kind of error: the item's URL
+# or path, numbers (sizes, offsets, line numbers), quoted values.
+_URL_OR_PATH = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+|(?<![\w])/[^\s:;,'\"]+")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_NUMBER = re.compile(r"\d+(\.\d+)?")
+
+
+def error_kind(message: str) -> str:
+    """A message with what names one item (URLs, paths, numbers, quoted values) replaced:
+    rows that failed the same way share it."""
+    text = _URL_OR_PATH.sub(lambda m: "<url>:" if m.group(0).endswith(":") else "<url>", message or "")
+    return _NUMBER.sub("N", _QUOTED.sub("'…'", text))[:300]
+
+
 _MAX_TOKENS_BIN = 1 << 20  # a prompt longer than any model's context is not a row
 
 
@@ -46,6 +65,8 @@ class ReportData:
     prompt_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ok rows by prompt length
     slowest: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    error_kinds: list[tuple[str, str, int]] = field(default_factory=list)  # (status, kind, rows), most first
+    cut_by_max_tokens: dict[str, tuple[int, int]] = field(default_factory=dict)  # task: (finish_reason=length, ok)
     first_task: str | None = None  # the task whose rows the tiles histogram counts (each row once)
 
     @property
@@ -84,6 +105,9 @@ class _Scan:
         self.tokens = np.zeros(0, np.int64)
         self.slowest: list[tuple[float, int, dict[str, Any]]] = []  # a min-heap of the k slowest
         self.errors: dict[str, list[dict[str, Any]]] = {}
+        self.kinds: Counter[tuple[str, str]] = Counter()
+        self.cut: Counter[str] = Counter()
+        self.ok: Counter[str] = Counter()
         self.rows = 0
         self._seq = 0
 
@@ -106,7 +130,20 @@ class _Scan:
                 heapq.heappush(self.slowest, item)
             elif item[0] > self.slowest[0][0]:
                 heapq.heapreplace(self.slowest, item)
+        done = b.filter(ok)
+        for r in done.group_by("task").aggregate([("task", "count")]).to_pylist():
+            self.ok[r["task"]] += r["task_count"]
+        if "finish_reason" in b.column_names:
+            cut = done.filter(pc.equal(done["finish_reason"], "length"))
+            for r in cut.group_by("task").aggregate([("task", "count")]).to_pylist():
+                self.cut[r["task"]] += r["task_count"]
         failed = b.filter(pc.invert(ok))
+        by_message = failed.group_by(["status", "error"]).aggregate([("status", "count")])
+        for r in by_message.to_pylist():
+            key = (r["status"], error_kind(redact_text(r["error"] or "")))
+            if key not in self.kinds and len(self.kinds) >= _MAX_ERROR_KINDS:
+                key = (r["status"], "(other messages)")
+            self.kinds[key] += r["status_count"]
         for status in pc.unique(failed["status"]).to_pylist():
             have = self.errors.setdefault(status, [])
             if len(have) < SAMPLES_PER_STATUS:
@@ -160,4 +197,6 @@ def collect(out: OutputDir, success: dict[str, Any] | None = None, max_files: in
     data.rows_read, data.tiles, data.prompt_tokens = scan.rows, scan.tiles, scan.tokens
     data.slowest = [item for _, _, item in sorted(scan.slowest, reverse=True)]
     data.errors, data.first_task = scan.errors, scan.first_task
+    data.error_kinds = [(st, kind, n) for (st, kind), n in scan.kinds.most_common(TOP_ERRORS)]
+    data.cut_by_max_tokens = {t: (scan.cut[t], scan.ok[t]) for t in sorted(scan.ok)}
     return data

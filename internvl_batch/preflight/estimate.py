@@ -228,7 +228,7 @@ class Rates:
     """Throughput of one replica: row x task pairs/s, or prompt + output tokens/s."""
 
     source: str
-    rows_per_s: float | None = None
+    pairs_per_s: float | None = None
     tokens_per_s: float | None = None
     output_tokens_per_row: float | None = None  # measured: replaces max_tokens as the output estimate
 
@@ -240,7 +240,7 @@ class Rates:
         s = json.loads(fs.cat_file(f"{root.rstrip('/')}/_SUCCESS"))
         replicas = s.get("resources", {}).get("replicas") or s.get("engine", {}).get("replicas") or 1
         rows, out_tok, prompt_tok = (
-            s.get("rows_per_s", 0),
+            s.get("pairs_per_s", 0),
             s.get("output_tokens_per_s", 0),
             s.get("prompt_tokens_per_s"),
         )
@@ -248,7 +248,7 @@ class Rates:
             raise ValueError(f"{path}/_SUCCESS measured no throughput (its run wrote nothing); pass a rate")
         return cls(
             source=f"{path}/_SUCCESS (run {s.get('run_id')}, {replicas} replica(s), wall clock incl. start-up)",
-            rows_per_s=rows / replicas,
+            pairs_per_s=rows / replicas,
             tokens_per_s=(prompt_tok + out_tok) / replicas if prompt_tok else None,
             output_tokens_per_row=out_tok / rows,
         )
@@ -366,14 +366,14 @@ def make_preflight(cfg: JobConfig, n: int = SAMPLE_ROWS, rates: Rates | None = N
         "output_tokens": rows * sum(out_per_row[t] for _, t in engine_pairs) / m,
     }
     replicas, gpus = cfg.runtime.replicas, (cfg.model.tensor_parallel_size if cfg.runtime.use_gpu else 0)
-    estimate, note = None, "give a rate: --rows-per-s, --tokens-per-s or --from-run OUTPUT_PATH"
+    estimate, note = None, "give a rate: --pairs-per-s, --tokens-per-s or --from-run OUTPUT_PATH"
     if rates is not None:
         if rates.tokens_per_s:
             replica_s = (totals["prompt_tokens"] + totals["output_tokens"]) / rates.tokens_per_s
             note = f"{rates.tokens_per_s:,.1f} prompt+output tokens/s per replica from {rates.source}"
-        elif rates.rows_per_s:
-            replica_s = totals["pairs"] / rates.rows_per_s
-            note = f"{rates.rows_per_s:,.3f} row x task pairs/s per replica from {rates.source}"
+        elif rates.pairs_per_s:
+            replica_s = totals["pairs"] / rates.pairs_per_s
+            note = f"{rates.pairs_per_s:,.3f} row x task pairs/s per replica from {rates.source}"
         else:
             replica_s = None
         if replica_s is not None:

@@ -53,6 +53,34 @@ def test_a_finished_batch_resets_the_run_of_failures():
     assert m.snapshot()["fatal"] is not None  # a fatal verdict sticks
 
 
+def test_restarts_no_report_accounts_for_are_deaths_too():
+    """A SIGKILLed actor can't report; Ray restarts it and the new process says how many
+    restarts it has behind it. Reported deaths are not counted twice."""
+    m = JobMonitor(2)
+    node = {"host": "n1", "memory_percent": 40.0, "oom_kills": 7}
+    m.engine_starting("100", "actor-a", 0, node)
+    m.engine_started("100", "actor-a")
+    assert m.snapshot()["engine_failures"] == 0 and m.snapshot()["engine_actors"] == ["actor-a"]
+    m.engine_failed("100", "vLLM engine failed: EngineDeadError", "actor-a")  # reported, then exits
+    m.engine_starting("101", "actor-a", 1, node)  # its restart: the death above, not another
+    assert m.snapshot()["engine_failures"] == 1
+    # Killed twice before it could report (the second time during its restart): two deaths.
+    m.engine_starting("103", "actor-a", 3, {**node, "oom_kills": 9, "memory_percent": 97.0})
+    snap = m.snapshot()
+    assert snap["engine_failures"] == 3 and snap["engine_actors"] == []
+    assert "3 times in a row (runtime.max_engine_restarts=2)" in snap["fatal"]
+    assert "died without reporting why" in snap["fatal"]
+    assert "OOM killer ran 2 time(s) on n1" in snap["fatal"] and "memory is 97% used" in snap["fatal"]
+
+
+def test_an_unreported_death_on_another_node_does_not_blame_this_nodes_oom_kills():
+    m = JobMonitor(0)
+    m.engine_starting("1", "a", 0, {"host": "n1", "oom_kills": 1, "memory_percent": 50.0})
+    m.engine_starting("2", "a", 1, {"host": "n2", "oom_kills": 5, "memory_percent": 50.0})
+    fatal = m.snapshot()["fatal"]
+    assert "died without reporting why" in fatal and "OOM killer ran" not in fatal
+
+
 def test_snapshot(clock):
     m = JobMonitor(3)
     clock.now += 5
@@ -78,6 +106,7 @@ def test_snapshot(clock):
         "engine_failures": 0,
         "last_engine_failure": None,
         "engines_started": 2,
+        "engine_actors": [],
         "replicas": {"replica-a": {"waiting": 1}},
         "counters": {"fetch_retries": 5, "redirects": 1},
     }
@@ -125,7 +154,8 @@ def test_client_outside_a_job_does_nothing():
     c.progress("read", 3)
     c.batch_done("r", 1, {"a": 1})
     c.count({"x": 1})
-    c.engine_started("r")
+    assert c.engine_starting("r") is None  # no actor id outside a job
+    c.engine_started("r", None)
     c.engine_failed("r", "boom")  # no actor, no Ray: silently nothing
 
 

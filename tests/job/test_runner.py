@@ -295,13 +295,3 @@ def test_killed_job_resumes_exactly_once(tmp_path, ray_cluster, where):
     assert all((out / n).read_bytes() == data for n, data in killed.items())  # earlier parts untouched
     _assert_exactly_once(_output(out), _keys(rows))
     assert json.loads((out / "_SUCCESS").read_text())["status_counts"] == {"ok": 240}
-
-
-def test_dry_run_plans_without_running(tmp_path, ray_cluster, capsys):
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text(json.dumps({"id": "x", "image": "/nowhere.png"}) + "\n{bad\n")
-    cfg = JobConfig.model_validate(_job("unused-model", str(manifest), str(tmp_path / "out")))
-    summary = run_job(cfg, dry_run=True)
-    assert summary.finished and summary.todo_rows == 4 and summary.plan["manifest_rows"] == 2
-    assert json.loads(capsys.readouterr().out)["shards"]["todo"] == 1
-    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # nothing written

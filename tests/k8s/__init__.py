@@ -3,9 +3,12 @@ Docker engine or GPU is needed, and none is used).
 
 - Every KubeRay resource (RayJob, RayCronJob, RayCluster) is validated against its CRD's
   `spec.versions[v1].schema.openAPIV3Schema` (from $KUBERAY_CRD_DIR, never copied into the
-  repo), strictly: unknown fields are errors, as `kubectl apply` (strict field
-  validation) makes them. Negative tests prove the validator rejects broken manifests.
-- What a schema can't see: the entrypoint (docker/rayjob-entrypoint.sh, run for real with a
+  repo: its main-branch snapshot and the released v1.6.2 and v1.7.0 under releases/; each
+  resource against the release it claims and the later ones), strictly: unknown fields are
+  errors, as `kubectl apply` (strict field validation) makes them. Negative tests prove the
+  validator rejects broken manifests.
+- Every pod passes the "restricted" Pod Security Standard (pod_security.py).
+- What a schema can't see: the entrypoint (`internvl-rayjob`, run for real with a
   stand-in `internvl-batch`) validates before it runs and retries only what may pass; the
   job config it reads is a mounted ConfigMap that passes `internvl-batch validate
   --config-only`; GPU limits fit tensor_parallel_size and runtime.replicas; the GPU pods
@@ -19,9 +22,10 @@ Without $KUBERAY_CRD_DIR the schema tests skip locally and fail in CI (CI set).
 
 Helpers: manifests.py (loading k8s/, walking pod specs), crd.py (CRDs -> strict
 validators), dockerfile.py (what the image holds), checks.py and cluster_checks.py (the
-checks a schema can't express), node_fit.py (node types and the sizing arithmetic),
-entrypoint_run.py (runs an entrypoint as the head does); shared fixtures in conftest.py.
-Tests: test_documents.py, test_crd_validation.py, test_deploy_checks.py,
-test_cluster_hardening.py, test_node_fit.py, test_rayjob_entrypoint.py, test_image.py,
-test_job_configs.py.
+checks a schema can't express), pod_security.py (the restricted profile), node_fit.py (node
+types and the sizing arithmetic), entrypoint_run.py (runs an entrypoint as the head does);
+shared fixtures in conftest.py. Tests: test_documents.py, test_crd_validation.py,
+test_operator_versions.py, test_pod_security.py, test_deploy_checks.py,
+test_cluster_hardening.py, test_node_fit.py, test_operations.py (alerts, dashboard, PodMonitor,
+disruption budget), test_rayjob_entrypoint.py, test_image.py, test_job_configs.py.
 """

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import posixpath
 import re
-import zoneinfo
 
 from internvl_batch.config import JobConfig
-from tests.k8s.dockerfile import repo_path_in_image
-from tests.k8s.entrypoint_run import ENTRYPOINT_COMMAND, ENTRYPOINT_IN_IMAGE
+from tests.k8s.entrypoint_run import ENTRYPOINT_COMMAND, console_scripts
 from tests.k8s.manifests import (
-    REPO,
     configmap_key,
     containers_of,
+    entrypoint_args,
     gpus,
     head_pod,
     pod_specs,
@@ -27,7 +24,8 @@ RETRY_GAP_S = 900  # allowance per attempt of a RayJob for cluster teardown and 
 
 
 def entrypoint_problems(spec: dict, configmaps: dict[str, dict], files: dict[str, str]) -> list[str]:
-    """The entrypoint runs the image's internvl-rayjob on a job config from a mounted ConfigMap."""
+    """The entrypoint runs the image's internvl-rayjob on a job config from a mounted ConfigMap.
+    `files`: what the image holds (path in the image -> repo path); the project must be in it."""
     entrypoint = spec.get("entrypoint", "")
     problems = []
     if "\n" in entrypoint or "#" in entrypoint or "\\" in entrypoint or "$" in entrypoint:
@@ -38,25 +36,20 @@ def entrypoint_problems(spec: dict, configmaps: dict[str, dict], files: dict[str
         argv = static_argv(entrypoint)
     except ValueError as e:
         return [*problems, f"entrypoint does not parse as a shell command: {e}"]
-    usage = f"`{ENTRYPOINT_COMMAND} [--days-ago N | --night DATE] CONFIG [--set k=v ...]`"
+    usage = f"`{ENTRYPOINT_COMMAND} [options] CONFIG [--set k=v ...]`"
     if not argv or argv[0] != ENTRYPOINT_COMMAND:
         return [*problems, f"expected {usage}, got {entrypoint!r}"]
-    src = repo_path_in_image(ENTRYPOINT_IN_IMAGE, files)
-    if src is None:
-        problems.append(f"{ENTRYPOINT_IN_IMAGE} is not installed by docker/Dockerfile")
-    elif not (REPO / src).is_file():
-        problems.append(f"{ENTRYPOINT_IN_IMAGE} comes from {src}, which does not exist in the repo")
-    rest = argv[1:]
-    if rest[:1] in (["--days-ago"], ["--night"]):
-        rest = rest[2:]
-    if not rest or rest[0].startswith("-"):
-        return [*problems, f"expected {usage}, got {entrypoint!r}"]
-    config, rest = rest[0], rest[1:]
-    while rest:
-        if rest[0] != "--set" or len(rest) < 2 or "=" not in rest[1]:
-            problems.append(f"unexpected entrypoint arguments {rest}")
-            break
-        rest = rest[2:]
+    if ENTRYPOINT_COMMAND not in console_scripts():
+        problems.append(f"pyproject.toml declares no console script {ENTRYPOINT_COMMAND}: the image would not have it")
+    if not any(src == "internvl_batch" for src in files.values()):
+        problems.append("docker/Dockerfile does not copy the package (internvl_batch/) that provides the entrypoint")
+    try:
+        args = entrypoint_args(entrypoint)
+    except ValueError as e:
+        return [*problems, f"expected {usage}: {e}"]
+    if any("=" not in s for s in args.set):
+        problems.append(f"--set values must be key=value: {args.set}")
+    config = args.config
     directory = posixpath.dirname(config)
     mounted = volumes_mounted_at(spec, directory)
     if not mounted:
@@ -119,8 +112,15 @@ def gpu_problems(spec: dict, cfg: JobConfig) -> list[str]:
     return problems
 
 
+SHM_KEPT_GPU = 4 * 2**30  # /dev/shm left to vLLM and NCCL beside Ray's object store on a GPU pod
+SHM_KEPT_CPU = 1 * 2**30
+PROCESS_MEMORY_FLOOR = {"gpu": 32 * 2**30, "head": 16 * 2**30}  # beside /dev/shm, inside the memory limit
+
+
 def shm_problems(spec: dict) -> list[str]:
-    """Every Ray pod mounts a memory-backed emptyDir at /dev/shm, smaller than its memory limit."""
+    """Every Ray pod mounts a memory-backed emptyDir at /dev/shm, smaller than its memory limit (which
+    counts it) by room for the processes, and sets Ray's object store below it explicitly, leaving
+    vLLM and NCCL their share; spilled objects go to a volume of their own."""
     problems = []
     for where, pod in pod_specs(spec):
         if where == "submitter":
@@ -138,16 +138,45 @@ def shm_problems(spec: dict) -> list[str]:
         elif quantity(ed["sizeLimit"]) >= quantity(limit):
             problems.append(f"{where}: /dev/shm sizeLimit {ed['sizeLimit']} >= memory limit {limit}")
         else:
-            # Ray's default object store: 30% of memory, capped at 95% of /dev/shm but not below
-            # 10 GB; a store larger than /dev/shm moves to /tmp (slow disk).
             shm, mem = quantity(ed["sizeLimit"]), quantity(limit)
-            store = min(0.3 * mem, max(10e9, 0.95 * shm))
-            if store > shm:
+            kind = "gpu" if gpus(ray) else "head"
+            if mem - shm < PROCESS_MEMORY_FLOOR[kind]:
                 problems.append(
-                    f"{where}: /dev/shm {ed['sizeLimit']} is smaller than Ray's object store "
-                    f"({store / 2**30:.1f} GiB for {limit}); Ray would fall back to /tmp"
+                    f"{where}: memory limit {limit} - /dev/shm {ed['sizeLimit']} leaves the processes less than "
+                    f"{PROCESS_MEMORY_FLOOR[kind] / 2**30:.0f} GiB (/dev/shm pages count in the limit)"
                 )
+            params = _start_params(spec, where)
+            store = params.get("object-store-memory")
+            kept = SHM_KEPT_GPU if gpus(ray) else SHM_KEPT_CPU
+            if store is None:
+                problems.append(
+                    f"{where}: set rayStartParams object-store-memory: Ray's default takes ~95 % of /dev/shm, "
+                    f"leaving vLLM and NCCL almost nothing"
+                )
+            elif int(store) > shm - kept:
+                problems.append(
+                    f"{where}: object-store-memory {int(store) / 2**30:.1f} GiB leaves less than "
+                    f"{kept / 2**30:.0f} GiB of /dev/shm {ed['sizeLimit']} to vLLM / NCCL"
+                )
+            spill = params.get("object-spilling-directory")
+            spill_vol = next((m for m in ray.get("volumeMounts", []) if spill and m["mountPath"] == spill), None)
+            if spill_vol is None or "emptyDir" not in (vols.get(spill_vol["name"]) or {}):
+                problems.append(f"{where}: set object-spilling-directory to an emptyDir volume the pod mounts")
+            elif "sizeLimit" not in vols[spill_vol["name"]]["emptyDir"]:
+                problems.append(f"{where}: the spill volume needs a sizeLimit (inside the ephemeral-storage request)")
+            elif quantity(vols[spill_vol["name"]]["emptyDir"]["sizeLimit"]) > quantity(
+                resource(ray, "requests", "ephemeral-storage", 0)
+            ):
+                problems.append(f"{where}: the spill volume is larger than the ephemeral-storage request")
     return problems
+
+
+def _start_params(spec: dict, where: str) -> dict:
+    cluster = spec["rayClusterSpec"]
+    if where == "head":
+        return cluster["headGroupSpec"].get("rayStartParams") or {}
+    name = where.removeprefix("worker group ")
+    return next(g.get("rayStartParams") or {} for g in cluster["workerGroupSpecs"] if g["groupName"] == name)
 
 
 CREDENTIAL_ENV = re.compile(r"ACCESS_KEY|SECRET|TOKEN|PASSWORD|PASSWD|API_KEY|CREDENTIAL", re.IGNORECASE)
@@ -161,9 +190,16 @@ LITERAL_SECRET = re.compile(
 )
 
 
+SERVICE_ACCOUNT = "internvl-batch"
+
+
 def secret_problems(spec: dict) -> list[str]:
-    """Credentials reach the pods only as secretKeyRef (or a Secret via envFrom), never inline."""
+    """Credentials: the pods run as the workload-identity ServiceAccount; a Secret is an opt-in
+    (every secretKeyRef optional, so pods start without it), never inline values."""
     problems = []
+    for where, pod in pod_specs(spec):
+        if pod.get("serviceAccountName") != SERVICE_ACCOUNT:
+            problems.append(f"{where}: serviceAccountName must be {SERVICE_ACCOUNT} (workload identity)")
     for where, c in containers_of(spec):
         for e in c.get("env", []):
             name, src = e["name"], e.get("valueFrom") or {}
@@ -171,6 +207,8 @@ def secret_problems(spec: dict) -> list[str]:
                 ref = src["secretKeyRef"]
                 if not ref.get("name") or not ref.get("key"):
                     problems.append(f"{where}: env {name}: secretKeyRef needs name and key")
+                if ref.get("optional") is not True:
+                    problems.append(f"{where}: env {name}: the Secret is opt-in: secretKeyRef needs optional: true")
             elif CREDENTIAL_ENV.search(name) and name not in NOT_SECRET_ENV:
                 problems.append(f"{where}: env {name} looks like a credential; take it from a Secret (secretKeyRef)")
             if "value" in e and LITERAL_SECRET.search(str(e["value"])):
@@ -181,8 +219,33 @@ def secret_problems(spec: dict) -> list[str]:
     return problems
 
 
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def pull_policy_problems(spec: dict) -> list[str]:
+    """One image, one pull policy: a tag is mutable, so it is pulled Always (a cached image costs a
+    manifest check); an image pinned by digest (the release step) may be IfNotPresent."""
+    problems, seen = [], set()
+    containers = [(w, c) for w, c in containers_of(spec) if w != "autoscaler"]
+    autoscaler = (spec.get("rayClusterSpec") or {}).get("autoscalerOptions")
+    for where, c in containers:
+        seen.add((c.get("image"), c.get("imagePullPolicy")))
+        policy, pinned = c.get("imagePullPolicy"), bool(DIGEST.search(c.get("image", "")))
+        if policy not in (("Always", "IfNotPresent") if pinned else ("Always",)):
+            problems.append(
+                f"{where}: imagePullPolicy {policy!r} with {'a digest' if pinned else 'a tag'}: a tag is mutable, "
+                f"use Always (or pin the digest, k8s/README.md 'Release')"
+            )
+    if autoscaler is not None and autoscaler.get("imagePullPolicy") not in {p for _, p in seen}:
+        problems.append("autoscalerOptions.imagePullPolicy must match the Ray containers' (it runs their image)")
+    if len(seen) > 1:
+        problems.append(f"the containers disagree on image / pull policy: {sorted(map(str, seen))}")
+    return problems
+
+
 def image_problems(image: str, pin: str) -> list[str]:
     """The image's Ray is the pinned Ray: rayproject/ray:<pin>-..., or our image tagged ...-ray<pin>."""
+    image = DIGEST.sub("", image)
     repo, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
     if not tag:
         return [f"{image}: no tag; pin the Ray version in it"]
@@ -197,39 +260,77 @@ def image_problems(image: str, pin: str) -> list[str]:
 
 
 def cron_problems(cron: dict) -> list[str]:
-    """A daily UTC schedule naming its night explicitly, whose one attempt ends the same UTC day,
-    before the next night starts (so every attempt and resubmission computes the same {night})."""
+    """A daily schedule whose RayJobs name their night from the schedule (not the clock), share one
+    output lease, wait for a late manifest within their deadline, free their GPUs when done, are
+    pruned after days, and end before the next tick."""
     spec, problems = cron["spec"], []
     jt = spec["jobTemplate"]
     fields = str(spec.get("schedule", "")).split()
     if len(fields) != 5 or not (fields[0].isdigit() and fields[1].isdigit()) or fields[2:] != ["*", "*", "*"]:
         return [f"schedule {spec.get('schedule')!r}: expected a daily 'M H * * *'"]
     start = int(fields[1]) * 3600 + int(fields[0]) * 60
-    tz = spec.get("timeZone")
+    if "timeZone" in spec:
+        problems.append("timeZone exists from KubeRay v1.7.0 on (v1.6.2 rejects it): the night is a UTC date anyway")
     try:
-        zone = zoneinfo.ZoneInfo(tz) if tz else None
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return [f"timeZone {tz!r} is not an IANA time zone"]
-    if zone is None or not all(zone.utcoffset(dt.datetime(2025, m, 1)) == dt.timedelta(0) for m in (1, 7)):
-        problems.append(f"timeZone {tz!r}: --days-ago counts UTC days; schedule in UTC (Etc/UTC) too")
-    argv = static_argv(jt.get("entrypoint", ""))
-    if argv[1:2] != ["--days-ago"] or not argv[2:3] or not argv[2].isdigit():
-        problems.append("the nightly entrypoint must name its night explicitly: internvl-rayjob --days-ago N ...")
-    sets = dict(a.split("=", 1) for a in argv if "=" in a)
+        args = entrypoint_args(jt.get("entrypoint", ""))
+    except ValueError as e:
+        return [*problems, f"nightly entrypoint: {e}"]
+    if args.days_before_schedule is None:
+        problems.append(
+            "the nightly entrypoint must take its night from the schedule: internvl-rayjob --days-before-schedule N "
+            "(--days-ago counts from the clock: a late start or a catch-up would name the wrong night)"
+        )
+    if args.catch_up < 1:
+        problems.append("--catch-up must be >= 1: after an outage the missed nights are processed, oldest first")
+    sets = dict(a.split("=", 1) for a in args.set if "=" in a)
     for key in ("input.path", "output.path"):
         if "{night}" not in sets.get(key, ""):
             problems.append(f"--set {key}=... must contain {{night}}: each night reads and writes its own prefix")
-    if not jt.get("shutdownAfterJobFinishes"):
-        problems.append("jobTemplate.shutdownAfterJobFinishes must be true (a kept cluster holds the GPUs)")
+    output = sets.get("output.path", "")
+    if not args.lease or "{night}" in args.lease:
+        problems.append("--lease must name one object for the whole schedule (no {night}): nights run one at a time")
+    elif args.lease.split("://")[0] != output.split("://")[0]:
+        problems.append(f"--lease {args.lease} must live in the output's store ({output})")
     deadline = jt.get("activeDeadlineSeconds")
     if not deadline:
         return [*problems, "jobTemplate.activeDeadlineSeconds must bound every attempt (no concurrencyPolicy)"]
+    if not 0 < args.manifest_wait <= deadline / 4:
+        problems.append(
+            f"--manifest-wait {args.manifest_wait:g} s: wait for a late manifest, within a quarter of the deadline"
+        )
+    teardown = _cleanup_problems(jt, problems)
     attempts = jt.get("backoffLimit", 0) + 1
-    end = start + attempts * (deadline + RETRY_GAP_S) + jt.get("ttlSecondsAfterFinished", 0)
+    end = start + attempts * (deadline + RETRY_GAP_S) + teardown
     if end >= 24 * 3600:
         problems.append(
-            f"a night may run until {end / 3600:.1f} h after midnight ({attempts} attempts x "
-            f"({deadline} s + {RETRY_GAP_S} s) + ttl from {fields[1]}:{fields[0]}): it could overlap the next night "
-            f"and an attempt after midnight would compute the next date for {{night}}"
+            f"a night may run until {end / 3600:.1f} h after its tick ({attempts} attempts x "
+            f"({deadline} s + {RETRY_GAP_S} s) + teardown from {fields[1]}:{fields[0]}): it could overlap the next night"
         )
     return problems
+
+
+def _cleanup_problems(jt: dict, problems: list[str]) -> float:
+    """The cluster goes when the night ends and the RayJob some days later; returns the teardown delay (s)."""
+    rules = (jt.get("deletionStrategy") or {}).get("deletionRules") or []
+    if not rules:
+        if not jt.get("shutdownAfterJobFinishes"):
+            problems.append(
+                "jobTemplate: shutdownAfterJobFinishes or deletionRules must delete the cluster (it holds GPUs)"
+            )
+        problems.append("jobTemplate: deletionRules with DeleteSelf must prune old RayJobs (they pile up otherwise)")
+        return jt.get("ttlSecondsAfterFinished", 0)
+    by = {}
+    for r in rules:
+        cond = r["condition"]
+        by[(r["policy"], cond.get("jobStatus") or f"deployment {cond.get('jobDeploymentStatus')}")] = cond.get(
+            "ttlSeconds", 0
+        )
+    ends = ("SUCCEEDED", "FAILED", "deployment Failed")
+    for end in ends:
+        if ("DeleteCluster", end) not in by:
+            problems.append(f"deletionRules: no DeleteCluster when {end}: that night's cluster would keep its GPUs")
+        if ("DeleteSelf", end) not in by:
+            problems.append(f"deletionRules: no DeleteSelf when {end}: those RayJobs would pile up")
+        elif by[("DeleteSelf", end)] < 86400:
+            problems.append(f"deletionRules: DeleteSelf when {end} after < 1 day leaves no time to read the failure")
+    return max((t for (policy, _), t in by.items() if policy == "DeleteCluster"), default=0)

@@ -151,13 +151,24 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def crds_from_env() -> CRDs:
-    """The CRDs of $KUBERAY_CRD_DIR; without them, skip locally but fail in CI."""
-    raw = os.environ.get("KUBERAY_CRD_DIR", "").strip()
+# The released operators the manifests are checked against: their CRDs exactly as tagged, in
+# $KUBERAY_CRD_DIR/releases/<version>/ (ray-operator/config/crd/bases/ at that tag).
+RELEASES = ("v1.6.2", "v1.7.0")
+
+
+def crds_from_env(release: str | None = None) -> CRDs:
+    """The CRDs of $KUBERAY_CRD_DIR (its releases/<release>/ when given); without them, skip
+    locally but fail in CI. One loader per directory: each CRD is parsed once per session."""
+    return _crds(os.environ.get("KUBERAY_CRD_DIR", "").strip(), release)
+
+
+@functools.cache
+def _crds(raw: str, release: str | None) -> CRDs:
     problem = None
     if not raw:
         problem = "KUBERAY_CRD_DIR is not set (the Makefile sets it to ../shared/kuberay-crds)"
     else:
+        raw = str(Path(raw) / "releases" / release) if release else raw
         missing = [f for f in CRD_FILES.values() if not (Path(raw) / f).is_file()]
         if missing:
             problem = f"KUBERAY_CRD_DIR={raw} lacks {missing}"

@@ -1,5 +1,6 @@
-"""Run a RayJob entrypoint as the head does: the real docker/rayjob-entrypoint.sh through /bin/sh, with a
-stand-in `internvl-batch` that records each call and exits with the codes a test scripts."""
+"""Run a RayJob entrypoint as the head does: through /bin/sh, the real `internvl-rayjob` (the console
+script pyproject.toml declares, which the image's `pip install .` puts on PATH) with a stand-in
+`internvl-batch` that records each call and exits with the codes a test scripts."""
 
 from __future__ import annotations
 
@@ -8,14 +9,26 @@ import os
 import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.k8s.dockerfile import repo_path_in_image
 from tests.k8s.manifests import REPO
 
 ENTRYPOINT_COMMAND = "internvl-rayjob"
-ENTRYPOINT_IN_IMAGE = f"/usr/local/bin/{ENTRYPOINT_COMMAND}"
+
+# The console script as pip writes it: the declared module:function, this interpreter, the repo first.
+_SCRIPT = """#!{python}
+import sys
+sys.path.insert(0, {repo!r})
+from {module} import {func}
+sys.exit({func}())
+"""
+
+
+def console_scripts() -> dict[str, str]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("scripts", {})
+
 
 # Exits with the next code scripted for its subcommand (the last one repeats) and logs its argv.
 _STUB = """#!{python}
@@ -39,19 +52,26 @@ class EntrypointRun:
 
 
 def run_entrypoint(
-    entrypoint: str, tmp: Path, image_files: dict[str, str], codes: dict[str, str] | None = None
+    entrypoint: str,
+    tmp: Path,
+    image_files: dict[str, str] | None = None,
+    codes: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 60,
 ) -> EntrypointRun:
-    """Run `entrypoint` with /bin/sh as Ray's job supervisor does on the head (HTTPMode), the
-    script that the image installs as `internvl-rayjob` taken from the repo.
+    """Run `entrypoint` with /bin/sh as Ray's job supervisor does on the head (HTTPMode).
 
-    codes: exit codes per subcommand, e.g. {"validate": "0", "run": "1 1 0"}.
+    codes: exit codes per subcommand, e.g. {"validate": "0", "run": "1 1 0"}; extra_env: more
+    environment (INTERNVL_SCHEDULED_TIME, credentials, ...); none is inherited from the test's.
     """
-    script = repo_path_in_image(ENTRYPOINT_IN_IMAGE, image_files)
-    assert script, f"docker/Dockerfile installs nothing at {ENTRYPOINT_IN_IMAGE}"
+    target = console_scripts().get(ENTRYPOINT_COMMAND)
+    assert target, f"pyproject.toml declares no [project.scripts] {ENTRYPOINT_COMMAND}"
+    module, func = target.split(":")
     bin_dir = tmp / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / ENTRYPOINT_COMMAND).unlink(missing_ok=True)
-    (bin_dir / ENTRYPOINT_COMMAND).symlink_to(REPO / script)
+    script = bin_dir / ENTRYPOINT_COMMAND
+    script.write_text(_SCRIPT.format(python=sys.executable, repo=str(REPO), module=module, func=func))
+    script.chmod(0o755)
     stub = bin_dir / "internvl-batch"
     stub.write_text(_STUB.format(python=sys.executable))
     stub.chmod(0o755)
@@ -64,7 +84,10 @@ def run_entrypoint(
         "INTERNVL_RETRY_PAUSE_S": "0",
         **{f"STUB_{k.upper()}": v for k, v in (codes or {}).items()},
     }
-    res = subprocess.run(["sh", "-c", entrypoint], cwd=tmp, env=env, capture_output=True, text=True, timeout=60)
+    for name in ("INTERNVL_SCHEDULED_TIME", "RAY_CLUSTER_NAME", "RAY_CLUSTER_NAMESPACE", "INTERNVL_LEASE_HOLDER"):
+        env.pop(name, None)
+    env.update(extra_env or {})
+    res = subprocess.run(["sh", "-c", entrypoint], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return EntrypointRun(res.returncode, calls, res.stdout, res.stderr)
 

@@ -71,7 +71,7 @@ def set_path(body: dict, path: str, value) -> None:
     for p in parents:
         node = node[int(p)] if isinstance(node, list) else node[p]
     if value is KeyError:
-        del node[last]
+        del node[int(last) if isinstance(node, list) else last]
     else:
         node[int(last) if isinstance(node, list) else last] = value
 
@@ -162,12 +162,36 @@ def configmap_key(ref: dict, filename: str) -> str:
     return filename
 
 
+def entrypoint_args(entrypoint: str):
+    """The entrypoint's arguments as `internvl-rayjob` parses them (its own parser), or ValueError."""
+    import contextlib
+    import io
+
+    from internvl_batch.job.rayjob import build_parser
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return build_parser().parse_args(static_argv(entrypoint)[1:])
+    except SystemExit:
+        raise ValueError(err.getvalue().strip().splitlines()[-1] if err.getvalue() else "bad arguments") from None
+
+
 def entrypoint_config(entrypoint: str) -> str:
-    """CONFIG of `internvl-rayjob [--days-ago N | --night DATE] CONFIG [--set k=v ...]`."""
-    args = static_argv(entrypoint)[1:]
-    if args[:1] in (["--days-ago"], ["--night"]):
-        args = args[2:]
-    return args[0]
+    """CONFIG of `internvl-rayjob [options] CONFIG [--set k=v ...]`."""
+    return entrypoint_args(entrypoint).config
+
+
+MIN_VERSION_ANNOTATION = "internvl-batch/min-kuberay-version"
+
+
+def min_kuberay_version(body: dict) -> str | None:
+    return ((body.get("metadata") or {}).get("annotations") or {}).get(MIN_VERSION_ANNOTATION)
+
+
+def is_opt_in(doc: Doc) -> bool:
+    """k8s/opt-in/: variants for clusters that allow more (e.g. hostPath), outside the default checks."""
+    return doc.path.parent.name == "opt-in"
 
 
 def mounted_job_config(spec: dict, configmaps: dict[str, dict]) -> str:

@@ -17,23 +17,29 @@ class NodeType:
     gpus: int
     vcpus: int
     memory_gib: float
+    nvme_gb: int  # local NVMe that comes with the type (0: none unless added), where an opt-in node cache lives
 
 
-# vCPUs and memory as the clouds publish them (GCP's "GB" are GiB).
+# vCPUs and memory as the clouds publish them (GCP's "GB" are GiB); local NVMe as published,
+# rounded down (a2-highgpu-8g has none unless local SSDs are added to the node pool).
 NODE_TYPES = (
-    NodeType("p4d.24xlarge", "A100 40GB", 8, 96, 1152),
-    NodeType("p4de.24xlarge", "A100 80GB", 8, 96, 1152),
-    NodeType("p5.48xlarge", "H100 80GB", 8, 192, 2048),
-    NodeType("p5e.48xlarge", "H200 141GB", 8, 192, 2048),
-    NodeType("a2-highgpu-8g", "A100 40GB", 8, 96, 680),
-    NodeType("a2-ultragpu-8g", "A100 80GB", 8, 96, 1360),
-    NodeType("a3-highgpu-8g", "H100 80GB", 8, 208, 1872),
-    NodeType("a3-ultragpu-8g", "H200 141GB", 8, 224, 2952),
-    NodeType("Standard_ND96asr_v4", "A100 40GB", 8, 96, 900),
-    NodeType("Standard_ND96amsr_A100_v4", "A100 80GB", 8, 96, 1900),
-    NodeType("Standard_ND96isr_H100_v5", "H100 80GB", 8, 96, 1900),
-    NodeType("Standard_ND96isr_H200_v5", "H200 141GB", 8, 96, 1850),
+    NodeType("p4d.24xlarge", "A100 40GB", 8, 96, 1152, 8000),
+    NodeType("p4de.24xlarge", "A100 80GB", 8, 96, 1152, 8000),
+    NodeType("p5.48xlarge", "H100 80GB", 8, 192, 2048, 30000),
+    NodeType("p5e.48xlarge", "H200 141GB", 8, 192, 2048, 30000),
+    NodeType("a2-highgpu-8g", "A100 40GB", 8, 96, 680, 0),
+    NodeType("a2-ultragpu-8g", "A100 80GB", 8, 96, 1360, 3000),
+    NodeType("a3-highgpu-8g", "H100 80GB", 8, 208, 1872, 6000),
+    NodeType("a3-ultragpu-8g", "H200 141GB", 8, 224, 2952, 12000),
+    NodeType("Standard_ND96asr_v4", "A100 40GB", 8, 96, 900, 6000),
+    NodeType("Standard_ND96amsr_A100_v4", "A100 80GB", 8, 96, 1900, 6000),
+    NodeType("Standard_ND96isr_H100_v5", "H100 80GB", 8, 96, 1900, 28000),
+    NodeType("Standard_ND96isr_H200_v5", "H200 141GB", 8, 96, 1850, 28000),
 )
+# Where node images mount local NVMe: EKS (instance store as RAID0), GKE (local SSD as ephemeral
+# storage), a mount an AKS node bootstrap makes. A cache hostPath elsewhere is on the boot disk.
+NVME_MOUNTS = ("/mnt/k8s-disks/", "/mnt/stateful_partition/kube-ephemeral-ssd/", "/mnt/nvme/")
+CACHE_GIB_ANNOTATION = "internvl-batch/model-cache-gib"
 
 # What a node keeps for itself beyond the kubelet's reservations: DaemonSets such as the NVIDIA
 # device plugin, DCGM exporter, GPU feature discovery, CNI, kube-proxy, log and metrics agents.
@@ -43,8 +49,8 @@ EVICTION_MEMORY_GIB = 0.1  # the kubelet's default memory.available hard-evictio
 
 # Pods' ephemeral storage on a 100 GB boot disk, the smallest common GPU node pool default:
 # 10% kept free by the kubelet's nodefs eviction threshold, ~10 GB for the OS and ~30 GB for
-# images (this image is ~20 GB; the system's add the rest). The model cache is not in here:
-# it is a hostPath, meant for the node's local NVMe (k8s/README.md).
+# images (this image is ~20 GB; the system's add the rest). The weights are not in here: by
+# default on a shared volume; the opt-in node cache counts against the node's NVMe.
 BOOT_DISK_GIB = 100
 POD_EPHEMERAL_BUDGET_GIB = BOOT_DISK_GIB * 0.9 - 10 - 30
 
@@ -99,7 +105,15 @@ def group_fits(spec: dict, node: NodeType) -> tuple[list[GroupFit], list[str]]:
             main = quantity(resource(ray, "requests", res, 0)) / scale
             return max([main, *(quantity(resource(c, "requests", res, 0)) / scale for c in init)])
 
-        fit = GroupFit(name, n, n * request("cpu"), n * request("memory", GIB), n * request("ephemeral-storage", GIB))
+        # /dev/shm pages are charged to the pod's memory: a request below them under-reserves the node.
+        shm = _shm_gib(g["template"]["spec"], ray)
+        if request("memory", GIB) < shm:
+            problems.append(
+                f"{name}: memory request {request('memory', GIB):g} GiB is below /dev/shm {shm:g} GiB, which it counts"
+            )
+        memory = max(request("memory", GIB), shm)
+        fit = GroupFit(name, n, n * request("cpu"), n * memory, n * request("ephemeral-storage", GIB))
+        problems += _cache_problems(g, node)
         fits.append(fit)
         cpu_room = node.vcpus - reserved_cpu(node)
         mem_room = node.memory_gib - reserved_memory_gib(node)
@@ -117,3 +131,36 @@ def group_fits(spec: dict, node: NodeType) -> tuple[list[GroupFit], list[str]]:
         if not resource(ray, "requests", "ephemeral-storage"):
             problems.append(f"{name}: request ephemeral-storage, so the scheduler counts the disk pods use")
     return fits, problems
+
+
+def _shm_gib(pod: dict, ray: dict) -> float:
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in ray.get("volumeMounts", []):
+        ed = (vols.get(m["name"]) or {}).get("emptyDir") or {}
+        if m["mountPath"].rstrip("/") == "/dev/shm" and ed.get("medium") == "Memory":
+            return quantity(ed.get("sizeLimit", 0)) / GIB
+    return 0.0
+
+
+def _cache_problems(group: dict, node: NodeType) -> list[str]:
+    """An opt-in node cache (a hostPath; its size in an annotation) fits the node's local NVMe, never the boot disk."""
+    pod = group["template"]["spec"]
+    host = [v["hostPath"]["path"] for v in pod.get("volumes", []) if "hostPath" in v]
+    if not host:
+        return []
+    name = group["groupName"]
+    size = (group["template"].get("metadata") or {}).get("annotations", {}).get(CACHE_GIB_ANNOTATION)
+    if size is None:
+        return [f"{name}: a hostPath cache without {CACHE_GIB_ANNOTATION}: its size can't be counted"]
+    problems = []
+    for path in host:
+        if not path.rstrip("/").startswith(NVME_MOUNTS) and not any(
+            path.startswith(m.rstrip("/")) for m in NVME_MOUNTS
+        ):
+            problems.append(
+                f"{name}: the cache {path} is on the boot disk, which the kubelet does not count: "
+                f"{size} GiB there leads to DiskPressure evictions; put it under {NVME_MOUNTS}"
+            )
+        elif float(size) * GIB > node.nvme_gb * 1e9 * 0.9:
+            problems.append(f"{name}: a {size} GiB cache does not fit a {node.name}'s local NVMe ({node.nvme_gb} GB)")
+    return problems

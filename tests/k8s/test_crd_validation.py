@@ -86,4 +86,4 @@ def test_raycronjob_crd_fields_used_exist(crds):
     props = crds.schema("RayCronJob")["properties"]["spec"]["properties"]
     for doc in docs_of("RayCronJob"):
         assert set(doc.body["spec"]) <= set(props), sorted(set(doc.body["spec"]) - set(props))
-    assert {"schedule", "timeZone", "jobTemplate"} <= set(props)
+    assert {"schedule", "jobTemplate", "suspend"} <= set(props)

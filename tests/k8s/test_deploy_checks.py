@@ -1,7 +1,8 @@
-"""What a schema can't check: the entrypoint's script is in the image and its config mounted and
-valid, GPUs fit tensor_parallel_size, Ray versions match the pin, credentials come from Secrets,
-/dev/shm is memory-backed, the nightly cron names its night and fits its time budget; and each
-check catches what it should."""
+"""What a schema can't check: the entrypoint is the image's and its config mounted and valid, GPUs
+fit tensor_parallel_size, Ray versions match the pin, one pull policy fits the image reference,
+credentials come from the workload identity (a Secret only as an opt-in), /dev/shm is memory-backed
+and shared sensibly with Ray's object store, the nightly takes its night from the schedule, shares
+a lease, cleans up and fits its time budget; and each check catches what it should."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.k8s.checks import (
     entrypoint_problems,
     gpu_problems,
     image_problems,
+    pull_policy_problems,
     secret_problems,
     shm_problems,
 )
@@ -98,16 +100,28 @@ def test_credentials_only_from_secrets(item):
     ]
     names = {r["name"] for r in refs}
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= {r["key"] for r in refs}
+    assert all(r.get("optional") is True for r in refs), "the Secret is an opt-in: pods start without it"
+    (account,) = [d.body for d in docs_of("ServiceAccount")]
+    notes = account["metadata"].get("annotations") or {}
+    assert {"eks.amazonaws.com/role-arn", "iam.gke.io/gcp-service-account"} <= set(notes), "IRSA and GKE WI"
     readme = (K8S_DIR / "README.md").read_text()
     for name in names:
         assert f"kubectl create secret generic {name}" in readme, f"k8s/README.md must show how to create {name}"
 
 
 @pytest.mark.parametrize("item", job_specs(), ids=ids(job_specs()))
+def test_one_pull_policy_that_fits_the_image_reference(item):
+    assert pull_policy_problems(item[1]) == []
+
+
+@pytest.mark.parametrize("item", job_specs(), ids=ids(job_specs()))
 def test_job_lifecycle_is_bounded(item):
-    _, spec = item
-    assert spec.get("shutdownAfterJobFinishes") is True
-    assert spec.get("ttlSecondsAfterFinished", 0) > 0
+    doc, spec = item
+    if doc.kind == "RayJob":
+        assert spec.get("shutdownAfterJobFinishes") is True
+        assert spec.get("ttlSecondsAfterFinished", 0) > 0
+    else:  # deletion rules (cron_problems checks them)
+        assert spec["deletionStrategy"]["deletionRules"] and not spec.get("shutdownAfterJobFinishes")
     assert spec.get("activeDeadlineSeconds", 0) > 0
     cluster = spec["rayClusterSpec"]
     for g in cluster["workerGroupSpecs"]:
@@ -141,12 +155,20 @@ def test_nightly_cron_never_overlaps_and_keeps_its_date():
     assert cron_problems(cron.body) == []
 
 
+def _local_lease(entrypoint: str, tmp_path) -> str:
+    """The entrypoint with its object-storage lease moved to a local file (no network here)."""
+    return re.sub(r"--lease \S+", f"--lease {tmp_path}/lease.json", entrypoint)
+
+
 @needs_shell
-def test_nightly_entrypoint_reads_and_writes_yesterdays_prefixes(tmp_path, configmaps, validate_config, image_files):
+def test_nightly_entrypoint_reads_and_writes_the_night_before_its_tick(
+    tmp_path, configmaps, validate_config, image_files
+):
     (cron,) = docs_of("RayCronJob")
     spec = cron.body["spec"]["jobTemplate"]
     today = dt.datetime.now(dt.UTC).date()
-    ran = run_entrypoint(spec["entrypoint"], tmp_path, image_files)
+    tick = {"INTERNVL_SCHEDULED_TIME": f"{today}T00:15:00Z"}  # what KubeRay writes on the RayJob
+    ran = run_entrypoint(_local_lease(spec["entrypoint"], tmp_path), tmp_path, image_files, extra_env=tick)
     assert ran.code == 0, ran.stderr
     (validate, run) = ran.calls
     assert validate[0] == "validate" and run[0] == "run" and validate[1:] == run[1:], (
@@ -157,9 +179,8 @@ def test_nightly_entrypoint_reads_and_writes_yesterdays_prefixes(tmp_path, confi
     assert run[2:][0::2] == ["--set"] * len(overrides)
     code, cfg = validate_config(mounted_job_config(spec, configmaps), overrides)
     assert code == 0
-    nights = {(today - dt.timedelta(days=d)).isoformat() for d in (1, 2)}  # 2: the clock crossed midnight
-    (night,) = {n for n in nights if cfg.output.path.rstrip("/").endswith(n)}
-    assert f"/{night}/" in cfg.input.path + "/"
+    night = (today - dt.timedelta(days=1)).isoformat()
+    assert cfg.output.path.rstrip("/").endswith(night) and f"/{night}/" in cfg.input.path + "/"
     assert cfg.input.path.startswith("s3://") and cfg.output.path.startswith("s3://")
     assert f"night {night} (UTC)" in ran.stdout
 
@@ -168,7 +189,8 @@ def test_nightly_entrypoint_reads_and_writes_yesterdays_prefixes(tmp_path, confi
 @pytest.mark.parametrize("item", job_specs(), ids=ids(job_specs()))
 def test_every_entrypoint_validates_then_runs_the_same_arguments(item, tmp_path, image_files):
     _, spec = item
-    ran = run_entrypoint(spec["entrypoint"], tmp_path, image_files)
+    tick = {"INTERNVL_SCHEDULED_TIME": f"{dt.datetime.now(dt.UTC).date()}T00:15:00Z"}
+    ran = run_entrypoint(_local_lease(spec["entrypoint"], tmp_path), tmp_path, image_files, extra_env=tick)
     assert ran.code == 0, ran.stderr
     assert [c[0] for c in ran.calls] == ["validate", "run"]
     assert ran.calls[0][1:] == ran.calls[1][1:]
@@ -259,6 +281,7 @@ def test_secret_check_catches_inline_credentials(configmaps):
 def test_image_check_catches_other_ray_versions():
     pin = ray_pin()
     assert image_problems(f"rayproject/ray:{pin}-py311-gpu", pin) == []
+    assert image_problems(f"registry.example.com/ml/internvl-batch:0.1.0-ray{pin}@sha256:{'0' * 64}", pin) == []
     assert image_problems(f"registry.example.com/ml/internvl-batch:0.1.0-ray{pin}", pin) == []
     assert image_problems("rayproject/ray:2.59.0-py311-gpu", pin)
     assert image_problems("rayproject/ray-ml:latest-gpu", pin)
@@ -267,40 +290,129 @@ def test_image_check_catches_other_ray_versions():
     assert image_problems("registry.example.com:5000/ml/internvl-batch", pin)
 
 
-def test_cron_check_catches_overlap_and_date_risks():
+NIGHTLY_SETS = "/c/job.yaml --set input.path=s3://b/m/{night}/ --set output.path=s3://b/c/{night}"
+NIGHTLY_OK = f"internvl-rayjob --days-before-schedule 1 --catch-up 3 --manifest-wait 7200 --lease s3://b/c/_lease.json {NIGHTLY_SETS}"  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("jobTemplate/activeDeadlineSeconds", 86400, "overlap the next night"),
+        ("jobTemplate/activeDeadlineSeconds", KeyError, "activeDeadlineSeconds"),
+        ("jobTemplate/backoffLimit", 2, "overlap the next night"),
+        ("schedule", "15 22 * * *", "overlap the next night"),
+        ("schedule", "0 */6 * * *", "daily"),
+        ("timeZone", "Etc/UTC", "v1.7.0"),
+        ("jobTemplate/entrypoint", NIGHTLY_OK.replace("--days-before-schedule 1", "--days-ago 1"), "from the schedule"),
+        ("jobTemplate/entrypoint", NIGHTLY_OK.replace("--catch-up 3", "--catch-up 0"), "--catch-up"),
+        ("jobTemplate/entrypoint", NIGHTLY_OK.replace("--manifest-wait 7200 ", ""), "--manifest-wait"),
+        (
+            "jobTemplate/entrypoint",
+            NIGHTLY_OK.replace("--manifest-wait 7200", "--manifest-wait 60000"),
+            "--manifest-wait",
+        ),
+        ("jobTemplate/entrypoint", NIGHTLY_OK.replace(" --lease s3://b/c/_lease.json", ""), "--lease"),
+        ("jobTemplate/entrypoint", NIGHTLY_OK.replace("c/_lease.json", "c/{night}/_lease.json"), "--lease"),
+        ("jobTemplate/entrypoint", NIGHTLY_OK.replace("s3://b/c/_lease", "gs://b/c/_lease"), "output's store"),
+        (
+            "jobTemplate/entrypoint",
+            NIGHTLY_OK.replace("output.path=s3://b/c/{night}", "output.path=s3://b/c/latest"),
+            "{night}",
+        ),  # fmt: skip
+        (
+            "jobTemplate/entrypoint",
+            NIGHTLY_OK.replace("--days-before-schedule 1", "--days-before-schedule x"),
+            "entrypoint",
+        ),  # fmt: skip
+        ("jobTemplate/deletionStrategy", KeyError, "GPUs"),
+        ("jobTemplate/deletionStrategy/deletionRules/3", KeyError, "pile up"),
+        ("jobTemplate/deletionStrategy/deletionRules/2", KeyError, "keep its GPUs"),
+        ("jobTemplate/deletionStrategy/deletionRules/4/condition/ttlSeconds", 60, "1 day"),
+    ],
+)
+def test_cron_check_catches_overlap_date_and_cleanup_risks(path, value, expected):
     (cron,) = docs_of("RayCronJob")
-    night = "internvl-rayjob --days-ago 1 /c/job.yaml --set input.path=s3://b/m/{night}/"
-    for path, value in (
-        ("jobTemplate/activeDeadlineSeconds", 86400),
-        ("jobTemplate/activeDeadlineSeconds", KeyError),
-        ("jobTemplate/backoffLimit", 2),
-        ("schedule", "15 22 * * *"),
-        ("schedule", "0 */6 * * *"),
-        ("timeZone", "Europe/Berlin"),
-        ("timeZone", "Not/AZone"),
-        ("jobTemplate/shutdownAfterJobFinishes", False),
-        ("jobTemplate/entrypoint", "internvl-rayjob /c/job.yaml --set input.path=s3://b/m/x/"),
-        ("jobTemplate/entrypoint", f"{night} --set output.path=s3://b/captions/latest"),
-    ):
-        body = copy.deepcopy(cron.body)
-        set_path(body["spec"], path, value)
-        assert cron_problems(body), (path, value)
+    body = copy.deepcopy(cron.body)
+    assert cron_problems(body) == []
+    set_path(body["spec"], "jobTemplate/entrypoint", NIGHTLY_OK)
+    assert cron_problems(body) == [], "the reference line passes"
+    set_path(body["spec"], path, value)
+    problems = cron_problems(body)
+    assert any(expected in p for p in problems), (path, value, problems)
 
 
-def test_shm_check_catches_disk_backed_or_oversized_shm(configmaps):
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda g, pod, dshm: dshm["emptyDir"].update(sizeLimit="10Ti"), "memory limit"),
+        (lambda g, pod, dshm: dshm["emptyDir"].update(sizeLimit="40Gi"), "leaves the processes"),
+        (lambda g, pod, dshm: dshm.update(emptyDir={}), "medium: Memory"),
+        (
+            lambda g, pod, dshm: pod["containers"][0].update(
+                volumeMounts=[m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] != "/dev/shm"]
+            ),
+            "medium: Memory",
+        ),  # fmt: skip
+        (lambda g, pod, dshm: g["rayStartParams"].pop("object-store-memory"), "object-store-memory"),
+        (lambda g, pod, dshm: g["rayStartParams"].update({"object-store-memory": str(18 * 2**30)}), "to vLLM / NCCL"),
+        (lambda g, pod, dshm: g["rayStartParams"].pop("object-spilling-directory"), "object-spilling-directory"),
+        (
+            lambda g, pod, dshm: next(v for v in pod["volumes"] if v["name"] == "ray-spill")["emptyDir"].pop(
+                "sizeLimit"
+            ),
+            "sizeLimit",
+        ),  # fmt: skip
+        (
+            lambda g, pod, dshm: next(v for v in pod["volumes"] if v["name"] == "ray-spill")["emptyDir"].update(
+                sizeLimit="60Gi"
+            ),
+            "ephemeral-storage request",
+        ),  # fmt: skip
+    ],
+    ids=[
+        "shm over the limit",
+        "shm leaves no process memory",
+        "disk-backed",
+        "not mounted",
+        "default object store",
+        "object store fills shm",
+        "no spill dir",
+        "unbounded spill",
+        "spill beyond the request",
+    ],  # fmt: skip
+)
+def test_shm_check_catches_disk_backed_oversized_or_crowded_shm(configmaps, edit, expected):
     spec, _ = _adhoc(configmaps)
-    pod = spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
-    dshm = next(v for v in pod["volumes"] if v["name"] == "dshm")
-    dshm["emptyDir"]["sizeLimit"] = "10Ti"
-    assert shm_problems(spec)
-    dshm["emptyDir"]["sizeLimit"] = "1Gi"
-    assert any("/tmp" in p for p in shm_problems(spec))
-    dshm["emptyDir"] = {}
-    assert shm_problems(spec)
-    pod["containers"][0]["volumeMounts"] = [
-        m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] != "/dev/shm"
-    ]
-    assert shm_problems(spec)
+    assert shm_problems(spec) == []
+    group = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    pod = group["template"]["spec"]
+    edit(group, pod, next(v for v in pod["volumes"] if v["name"] == "dshm"))
+    assert any(expected in p for p in shm_problems(spec)), shm_problems(spec)
+
+
+def test_pull_policy_and_identity_checks_catch_stale_images_and_mandatory_secrets(configmaps):
+    spec, _ = _adhoc(configmaps)
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    ray = head["containers"][0]
+    ray["imagePullPolicy"] = "IfNotPresent"
+    assert any("a tag is mutable" in p for p in pull_policy_problems(spec)), "a cached tag goes stale"
+    ray["image"] += "@sha256:" + "a" * 64
+    assert any("disagree" in p for p in pull_policy_problems(spec)), "pinned here, a tag elsewhere"
+    for c in (g["template"]["spec"]["containers"][0] for g in spec["rayClusterSpec"]["workerGroupSpecs"]):
+        c.update(image=ray["image"], imagePullPolicy="IfNotPresent")
+    spec["rayClusterSpec"]["autoscalerOptions"]["imagePullPolicy"] = "IfNotPresent"
+    assert pull_policy_problems(spec) == [], "all pinned by digest: IfNotPresent is right"
+    spec["rayClusterSpec"]["autoscalerOptions"]["imagePullPolicy"] = "Never"
+    assert any("autoscalerOptions" in p for p in pull_policy_problems(spec))
+
+    spec, _ = _adhoc(configmaps)
+    assert secret_problems(spec) == []
+    head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    head["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"].pop("optional")
+    assert any("optional: true" in p for p in secret_problems(spec)), "a missing Secret would keep pods from starting"
+    spec, _ = _adhoc(configmaps)
+    spec["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"].pop("serviceAccountName")
+    assert any("serviceAccountName" in p for p in secret_problems(spec))
 
 
 def test_quantities():

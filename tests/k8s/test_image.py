@@ -111,9 +111,12 @@ def test_dependency_layer_depends_only_on_pyproject(dockerfile):
     assert sources == {"pyproject.toml"}, f"the vLLM/torch layer is rebuilt when any of {sources} changes"
 
 
-def test_the_rayjob_entrypoint_is_installed_executable(dockerfile, image_files):
-    assert image_files.get("/usr/local/bin/internvl-rayjob") == "docker/rayjob-entrypoint.sh"
-    (install,) = [a for instr, a in final_stage(dockerfile)[1] if instr == "COPY" and "rayjob-entrypoint" in a]
-    assert "--chmod=0755" in install
-    script = (REPO / "docker" / "rayjob-entrypoint.sh").read_text()
-    assert script.startswith("#!/bin/sh\n"), "the head runs it with the image's /bin/sh"
+def test_the_rayjob_entrypoint_is_a_console_script_the_image_installs_and_runs(dockerfile):
+    from tests.k8s.entrypoint_run import ENTRYPOINT_COMMAND, console_scripts
+
+    module, func = console_scripts()[ENTRYPOINT_COMMAND].split(":")
+    assert callable(getattr(importlib.import_module(module), func))
+    _, stage = final_stage(dockerfile)
+    runs = [args for instr, args in stage if instr == "RUN"]
+    project = next(i for i, a in enumerate(runs) if "pip install --no-deps ." in a)
+    assert f"{ENTRYPOINT_COMMAND} --help" in runs[project], "the build runs the installed entrypoint once"

@@ -8,15 +8,18 @@ import re
 
 import pytest
 
-from tests.k8s.manifests import K8S_DIR, ids, job_specs
+from tests.k8s.manifests import K8S_DIR, ids, is_opt_in, job_specs
 from tests.k8s.node_fit import NODE_TYPES, POD_EPHEMERAL_BUDGET_GIB, group_fits, reserved_cpu, reserved_memory_gib
 
 
 @pytest.mark.parametrize("node", NODE_TYPES, ids=[n.name for n in NODE_TYPES])
 @pytest.mark.parametrize("item", job_specs(), ids=ids(job_specs()))
 def test_gpu_pods_fit_every_common_8_gpu_node(item, node):
-    _, spec = item
+    doc, spec = item
     fits, problems = group_fits(spec, node)
+    if is_opt_in(doc) and not node.nvme_gb:
+        assert problems == [f"gpu-1x: a 32 GiB cache does not fit a {node.name}'s local NVMe (0 GB)"]
+        problems = []  # the opt-in node cache needs local SSDs added to this node type's pool (k8s/README.md)
     assert problems == []
     assert fits, "a job without a GPU worker group"
     for fit in fits:
@@ -59,8 +62,34 @@ def test_the_fit_check_catches_pods_that_would_stay_pending():
     _worker(broken)["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = 3
     assert any("idle" in p for p in group_fits(broken, node)[1])
     broken = copy.deepcopy(spec)
-    _worker(broken)["initContainers"][0]["resources"]["requests"]["memory"] = "600Gi"
+    _worker(broken)["initContainers"] = [{"name": "i", "resources": {"requests": {"memory": "600Gi"}}}]
     assert any("GiB;" in p for p in group_fits(broken, small)[1]), "an init container's request counts too"
+    broken = copy.deepcopy(spec)
+    _worker(broken)["containers"][0]["resources"]["requests"]["memory"] = "16Gi"
+    assert any("below /dev/shm" in p for p in group_fits(broken, node)[1]), "/dev/shm counts in the memory request"
+    assert any("GiB;" in p for p in group_fits(broken, small)[1]) is False, "and is counted per node instead"
+
+
+def test_the_fit_check_counts_an_opt_in_node_cache_on_the_nvme_only():
+    _, spec = next(i for i in job_specs() if is_opt_in(i[0]))
+    node = next(n for n in NODE_TYPES if n.name == "p4d.24xlarge")
+    assert group_fits(spec, node)[1] == []
+    group = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    broken = copy.deepcopy(spec)
+    cache = next(
+        v for v in broken["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["volumes"] if "hostPath" in v
+    )
+    cache["hostPath"]["path"] = "/var/lib/internvl-batch/models"
+    assert any("boot disk" in p for p in group_fits(broken, node)[1])
+    broken = copy.deepcopy(spec)
+    broken["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["metadata"]["annotations"][
+        "internvl-batch/model-cache-gib"
+    ] = "9000"
+    assert any("does not fit" in p for p in group_fits(broken, node)[1])
+    broken = copy.deepcopy(spec)
+    broken["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["metadata"].pop("annotations")
+    assert any("can't be counted" in p for p in group_fits(broken, node)[1])
+    assert group["template"]["metadata"]["annotations"], "the opt-in was not changed by the cases above"
     broken = copy.deepcopy(spec)
     del _worker(broken)["containers"][0]["resources"]["requests"]["ephemeral-storage"]
     assert any("request ephemeral-storage" in p for p in group_fits(broken, node)[1])

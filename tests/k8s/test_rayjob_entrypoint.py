@@ -1,4 +1,4 @@
-"""docker/rayjob-entrypoint.sh (`internvl-rayjob`), run for real through /bin/sh: validate first and stop
+"""`internvl-rayjob` (internvl_batch/job/rayjob.py), run for real through /bin/sh: validate first and stop
 on exit 2, retry only what may pass, on the same cluster; {night} resolved once to an explicit UTC date."""
 
 from __future__ import annotations

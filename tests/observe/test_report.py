@@ -5,6 +5,7 @@ import html.parser
 import io
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pyarrow.compute as pc
@@ -15,7 +16,7 @@ from PIL import Image
 from internvl_batch.cli import main
 from internvl_batch.job.output import OutputDir
 from internvl_batch.observe.report import REPORT_HTML, REPORT_PNG, SECTIONS, render_html
-from internvl_batch.observe.report_data import collect
+from internvl_batch.observe.report_data import collect, error_kind
 
 pytestmark = pytest.mark.slow  # the job behind it runs on a Ray cluster
 
@@ -26,18 +27,18 @@ class _Page(html.parser.HTMLParser):
     def __init__(self, text: str):
         super().__init__()
         self.sections: dict[str, dict] = {}
-        self._section = self._cell = None
-        self._tag = None
+        self._section = self._cell = self._h3 = None
         self.tags: set[str] = set()
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
         self.tags.add(tag)
-        self._tag = tag
         if tag == "section":
             self._section = self.sections.setdefault(dict(attrs)["id"], {"tables": [], "h3": [], "svg": 0})
         elif self._section is None:
             return
+        elif tag == "h3":
+            self._h3 = []
         elif tag == "table":
             self._section["tables"].append([])
         elif tag == "tr":
@@ -51,14 +52,17 @@ class _Page(html.parser.HTMLParser):
         if tag in ("td", "th") and self._cell is not None:
             self._section["tables"][-1][-1].append("".join(self._cell))
             self._cell = None
+        elif tag == "h3" and self._h3 is not None:
+            self._section["h3"].append("".join(self._h3))
+            self._h3 = None
         elif tag == "section":
             self._section = None
 
     def handle_data(self, data):
         if self._cell is not None:
             self._cell.append(data)
-        elif self._section is not None and self._tag == "h3":
-            self._section["h3"].append(data)
+        elif self._h3 is not None:
+            self._h3.append(data)
 
 
 def _body(table):
@@ -89,10 +93,20 @@ def _check_against_output(page: _Page, out, success: dict | None):
         assert by_key[(id_, task)]["status"] == status
 
     failed = {s for s in pc.unique(table["status"]).to_pylist() if s != "ok"}
-    assert set(page.sections["errors"]["h3"]) == failed
-    for (id_, task, error), status in [(r, s) for s, t in zip(page.sections["errors"]["h3"],
-                                       page.sections["errors"]["tables"]) for r in _body(t)]:  # fmt: skip
+    headings, tables = page.sections["errors"]["h3"], page.sections["errors"]["tables"]
+    assert headings[:2] == ["the most frequent errors", "samples per status"] and set(headings[2:]) == failed
+    for (id_, task, error), status in [(r, s) for s, t in zip(headings[2:], tables[1:]) for r in _body(t)]:
         assert by_key[(id_, task)]["status"] == status and by_key[(id_, task)]["error"] == error
+    # Counts by message: each group's rows, counted again from the output with the same grouping.
+    kinds = Counter((r["status"], error_kind(r["error"])) for r in by_key.values() if r["status"] != "ok")
+    shown = [(status, int(n), kind) for status, n, kind in _body(tables[0])]
+    assert shown == [(st, n, k) for (st, k), n in kinds.most_common(len(shown))] and len(shown) == min(10, len(kinds))
+    # Answers cut by max_tokens, per task, from the output's finish_reason.
+    summary = dict(_body(page.sections["summary"]["tables"][0]))
+    for task in pc.unique(table["task"]).to_pylist():
+        mine = table.filter(pc.and_(pc.equal(table["task"], task), pc.equal(table["status"], "ok")))
+        cut = pc.sum(pc.equal(mine["finish_reason"], "length")).as_py() or 0
+        assert summary[f"answers cut by max_tokens: {task}"].startswith(f"{cut} of {mine.num_rows} ok")
 
 
 def test_finished_run_report_matches_success_and_output(observed_job):
@@ -104,7 +118,13 @@ def test_finished_run_report_matches_success_and_output(observed_job):
 
     summary = dict(_body(page.sections["summary"]["tables"][0]))
     assert summary["state"] == "finished" and summary["run_id"] == success["run_id"]
-    assert summary["rows x tasks written this run"] == str(success["written_this_run"])
+    assert summary["row x task pairs written this run"] == str(success["written_this_run"])
+    assert summary["model"] == success["resources"]["model"] and summary["replicas x GPUs per replica"] == "1 x 0"
+    assert summary["started (UTC)"] == success["started_at"] and summary["ended (UTC)"] == success["ended_at"]
+    assert success["started_at"] < success["ended_at"] and summary["GPU-hours (reserved)"] == "0.00"
+    assert summary["retries: media fetches"] == str(success["counters"]["fetch_retries"]) != "0"  # the flaky server
+    split = {k: v for k, v in summary.items() if k.startswith("time in ")}
+    assert set(split) == {f"time in {k} (summed over rows)" for k in success["stage_ms"]} and len(split) == 2
     assert {k.removeprefix("status "): int(v) for k, v in summary.items() if k.startswith("status ")} == success[
         "status_counts"
     ]

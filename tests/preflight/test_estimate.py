@@ -94,14 +94,14 @@ def test_prompt_tokens_are_an_estimate_without_the_model(manifest, tmp_path):
     assert plan.tokens_source.startswith("ESTIMATE (model not reachable")
     # image tokens are exact in the estimate: at least 256 per tile (+2) of a row's tiles
     assert plan.prompt_tokens["caption"]["max"] >= 7 * 256 + 2
-    assert plan.estimate is None and "--rows-per-s" in plan.estimate_note
+    assert plan.estimate is None and "--pairs-per-s" in plan.estimate_note
 
 
 def test_gpu_hours_from_flags_and_from_a_previous_run(manifest, tmp_path, capsys):
     path, _ = manifest
     cfg = jobs.job_config(path, tmp_path / "out", str(tmp_path / "no-model"),
                           runtime={"use_gpu": True, "replicas": 4}, model={"tensor_parallel_size": 2})  # fmt: skip
-    plan = make_preflight(cfg, rates=Rates("flags", rows_per_s=2.0))
+    plan = make_preflight(cfg, rates=Rates("flags", pairs_per_s=2.0))
     pairs = plan.totals["pairs"]
     assert pairs == 2 * plan.rows
     assert plan.estimate["replica_hours"] == pytest.approx(pairs / 2.0 / 3600)
@@ -111,11 +111,11 @@ def test_gpu_hours_from_flags_and_from_a_previous_run(manifest, tmp_path, capsys
     prev = tmp_path / "prev"
     prev.mkdir()
     (prev / "_SUCCESS").write_text(json.dumps({
-        "run_id": "r1", "rows_per_s": 10.0, "output_tokens_per_s": 50.0, "prompt_tokens_per_s": 1000.0,
+        "run_id": "r1", "pairs_per_s": 10.0, "output_tokens_per_s": 50.0, "prompt_tokens_per_s": 1000.0,
         "resources": {"replicas": 2, "gpus_per_replica": 1},
     }))  # fmt: skip
     rates = Rates.from_success(str(prev))
-    assert (rates.rows_per_s, rates.tokens_per_s, rates.output_tokens_per_row) == (5.0, 525.0, 5.0)
+    assert (rates.pairs_per_s, rates.tokens_per_s, rates.output_tokens_per_row) == (5.0, 525.0, 5.0)
     plan = make_preflight(cfg, rates=rates)
     t = plan.totals
     assert plan.output_tokens_source == "measured 5.0/row"
@@ -128,7 +128,7 @@ def test_gpu_hours_from_flags_and_from_a_previous_run(manifest, tmp_path, capsys
     assert main(["plan", str(cfg_file), "--from-run", str(prev), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["estimate"]["gpu_hours"] == pytest.approx(plan.estimate["gpu_hours"])
-    assert main(["plan", str(cfg_file), "--rows-per-s", "2"]) == 0
+    assert main(["plan", str(cfg_file), "--pairs-per-s", "2"]) == 0
     assert "GPU-hours (2.000 row x task pairs/s per replica from the command line)" in capsys.readouterr().out
 
 

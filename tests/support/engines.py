@@ -46,7 +46,7 @@ GREEDY_16 = SamplingConfig(temperature=0.0, max_tokens=16)
 
 
 def agreement_requests() -> list[EngineRequest]:
-    """>= 20 inputs: single images of several sizes and max_num, multi-image, video frames, text."""
+    """21 inputs: single images of several sizes and max_num, multi-image, video frames, text."""
     reqs = []
     sizes = [(448, 448), (640, 480), (300, 900), (1200, 300), (97, 61), (800, 800), (1024, 768)]
     for i, size in enumerate(sizes):

@@ -274,5 +274,9 @@ class VLLMEngine(EngineBase):
     def shutdown(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
+            # Our tasks first (the sampler, vLLM's output handler): an output handler still
+            # waiting when the engine core stops logs EngineDeadError, as if it had crashed.
+            with contextlib.suppress(TimeoutError, RuntimeError):
+                self._call(_cancel_other_tasks()).result(timeout=10)
             llm.shutdown()
         self._stop_loop()

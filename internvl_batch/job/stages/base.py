@@ -25,6 +25,7 @@ class StageResources:
     batch_size: int
     num_gpus: int = 0
     in_flight: int = 1  # batches one actor works on at once (async stages)
+    env: tuple[tuple[str, str], ...] = ()  # environment variables of the stage's actor processes
 
     def map_batches_kwargs(self) -> dict[str, Any]:
         kwargs = {
@@ -33,6 +34,8 @@ class StageResources:
             "batch_size": self.batch_size,
             "batch_format": "pyarrow",
         }
+        if self.env:
+            kwargs["runtime_env"] = {"env_vars": dict(self.env)}
         if self.in_flight > 1:
             from ray.data import ActorPoolStrategy
 

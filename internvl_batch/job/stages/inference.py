@@ -14,6 +14,7 @@ when that keeps happening.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from typing import Any
@@ -48,12 +49,20 @@ class InferenceStage(AsyncStage):
         self.schema = output_schema(passthrough)
         self.attach_monitor(monitor)
         self.replica = f"{os.getpid()}"
+        self.engine = None
+        # First thing: a restart after a death nobody reported (SIGKILL, OOM) is counted now.
+        self.actor_id = self.monitor.engine_starting(self.replica)
         try:
             self.engine = build_engine(model, tasks[0].sampling)
         except Exception as e:
-            self.monitor.engine_failed(self.replica, f"engine failed to start: {type(e).__name__}: {e}")
+            cause = f"engine failed to start: {type(e).__name__}: {e}"
+            self.monitor.engine_failed(self.replica, cause, self.actor_id)
             raise
-        self.monitor.engine_started(self.replica)
+        self.monitor.engine_started(self.replica, self.actor_id)
+        # Ray ends a finished pipeline's actor by exiting its process: the engine must be shut
+        # down first, or it dies under a live AsyncLLM (EngineDeadError logged, shared memory
+        # leaked). Registered after the engine, so it runs before vLLM's own exit hooks (LIFO).
+        atexit.register(self.close)
 
     def _request(self, row: dict[str, Any], task: TaskConfig) -> EngineRequest | EngineResult:
         rid = f"{row['id']}\x1f{task.name}"
@@ -114,11 +123,18 @@ class InferenceStage(AsyncStage):
             metrics.engine_state(self.replica, stats, occupancy.running, occupancy.waiting)
         return pa.Table.from_pylist(out, schema=self.schema)
 
+    def close(self) -> None:
+        """Shut the engine down as the actor exits (see __init__ and job/pipeline.py); the
+        job waits for the actor to be gone before it lets Ray go."""
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            engine.shutdown()
+
     def _die(self, cause: str) -> None:
         """Exit the actor's process: Ray restarts the actor with a fresh engine and re-runs
         its batches (the sink drops any row it already has). Staying alive around a dead
         engine is how jobs hang."""
         log.error("replica %s: %s; exiting so Ray replaces it", self.replica, cause)
-        self.monitor.engine_failed(self.replica, cause)
+        self.monitor.engine_failed(self.replica, cause, self.actor_id)
         logging.shutdown()
         os._exit(1)
