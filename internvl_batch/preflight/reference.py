@@ -1,6 +1,6 @@
 """What `verify` compares the job with: the checkpoint as its own card runs it.
 
-- `RemoteChat`: the checkpoint's remote code (`AutoModel`, trust_remote_code) and its
+- `RemoteChat`: the checkpoint's remote code (its auto_map's classes) and its
   `model.chat`, with the tokenizer loaded as the cards load it (`use_fast=False`); its
   `generate` is watched to read the prompt ids model.chat built, the tokens it chose and
   the scores it chose them from. Used when `model.trust_remote_code` is true and the
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from internvl_batch.engines.base import EngineRequest, EngineResult
+from internvl_batch.model.check import ModelCheckError
 from internvl_batch.status import Status
 
 if TYPE_CHECKING:
@@ -110,12 +111,21 @@ class RemoteChat:
 
     def __init__(self, model: ModelConfig, model_dir: Path):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
         from internvl_batch.model.conversation_file import resolve_template
 
         dtype = getattr(torch, model.dtype) if model.dtype != "auto" else "auto"
-        self.model = AutoModel.from_pretrained(model_dir, torch_dtype=dtype, trust_remote_code=True).eval()
+        # The checkpoint's own classes, named by its auto_map, not through AutoConfig/AutoModel:
+        # those would find the package's registered `internvl_chat` config class (whose Phi-3
+        # llm_config says "longrope" where the card's code expects "su") and register the
+        # remote model for the whole process.
+        auto_map = json.loads((Path(model_dir) / "config.json").read_text())["auto_map"]
+        config_class = get_class_from_dynamic_module(auto_map["AutoConfig"], str(model_dir))
+        model_class = get_class_from_dynamic_module(auto_map["AutoModel"], str(model_dir))
+        config = config_class.from_pretrained(model_dir)
+        self.model = model_class.from_pretrained(model_dir, config=config, torch_dtype=dtype).eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True, use_fast=False)
@@ -182,7 +192,7 @@ class RemoteChat:
 
 def has_remote_chat(model_dir: Path) -> bool:
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    return "AutoModel" in (config.get("auto_map") or {})
+    return {"AutoConfig", "AutoModel"} <= set(config.get("auto_map") or {})
 
 
 def load_reference(cfg: JobConfig):
@@ -197,5 +207,15 @@ def load_reference(cfg: JobConfig):
             patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.py"]
             model_dir = Path(snapshot_download(str(model_dir), allow_patterns=patterns))
         if has_remote_chat(model_dir):
-            return RemoteChat(cfg.model, model_dir)
+            try:
+                return RemoteChat(cfg.model, model_dir)
+            except Exception as e:  # the checkpoint's own code, written for its transformers pin
+                import transformers
+
+                raise ModelCheckError(
+                    "model.trust_remote_code",
+                    f"the checkpoint's remote code does not load under transformers {transformers.__version__}: "
+                    f"{type(e).__name__}: {e}; set model.trust_remote_code: false to compare with the HF "
+                    "reference engine instead",
+                ) from e
     return HFReference(cfg.model, cfg.task[0].sampling)

@@ -133,3 +133,19 @@ def test_verify_compares_with_model_chat_of_the_checkpoints_own_code(manifest, t
     wrong = _config(manifest, d, engine="hf", trust_remote_code=True, template="Hermes-2")
     assert main(["verify", wrong, "--rows", "1", "--max-tokens", "4"]) == 1
     assert capsys.readouterr().out.count("PROMPT IDS DIFFER at ") == 2
+
+
+def test_remote_code_that_does_not_load_names_trust_remote_code(manifest, twin_dirs, tmp_path, capsys):
+    import json
+    import shutil
+
+    d = shutil.copytree(twin_dirs["qwen2"], tmp_path / "remote-broken")
+    (d / "modeling_broken.py").write_text("raise ImportError('written for transformers 4.37')\n")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "modeling_broken.BrokenConfig", "AutoModel": "modeling_broken.BrokenModel"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    config = _config(manifest, d, engine="hf", trust_remote_code=True)
+    assert main(["verify", config, "--rows", "1", "--max-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "error: model.trust_remote_code: the checkpoint's remote code does not load" in err
+    assert "written for transformers 4.37" in err and "model.trust_remote_code: false" in err

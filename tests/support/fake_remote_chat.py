@@ -1,10 +1,9 @@
 """A stand-in for a checkpoint's remote code (its modeling_internvl_chat.py), for `verify`'s
-tests: written into a twin's copy with an `auto_map`, it is loaded by transformers'
-`AutoModel.from_pretrained(..., trust_remote_code=True)` like the real file. Its `chat` does
-what InternVLChatModel.chat does (the oracle in tests/support/model_chat.py builds the
-query; the tokenizer it is handed tokenizes it; generation stops at the separator; the
-answer is cut there) over transformers' InternVL; `generate` returns only the new tokens,
-as the original's does."""
+tests: written into a twin's copy with an `auto_map`, it is loaded from the classes the
+auto_map names, like the real file. Its `chat` does what InternVLChatModel.chat does (the
+oracle in tests/support/model_chat.py builds the query; the tokenizer it is handed
+tokenizes it; generation stops at the separator; the answer is cut there) over
+transformers' InternVL; `generate` returns only the new tokens, as the original's does."""
 
 from pathlib import Path
 
@@ -20,10 +19,6 @@ class FakeChatModel(torch.nn.Module):
     @classmethod
     def from_pretrained(cls, path, *args, **kwargs):
         return cls(Path(path))
-
-    @classmethod
-    def register_for_auto_class(cls, auto_class=None):  # what AutoModel asks of a remote class
-        pass
 
     def __init__(self, path: Path):
         import json
