@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from internvl_batch.engines.base import EngineRequest, EngineResult
 from internvl_batch.model.check import ModelCheckError
+from internvl_batch.model.tokenizer import load_tokenizer
 from internvl_batch.status import Status
 
 if TYPE_CHECKING:
@@ -106,6 +107,24 @@ def _question(req: EngineRequest) -> tuple[str, str]:
     return text[start + len(t.sep + t.roles[0]) : len(text) - len(t.sep + t.roles[1])], system_message
 
 
+class _SlowIds:
+    """A tokenizer whose `__call__` gives the slow class's ids; all else is the tokenizer's."""
+
+    def __init__(self, tokenizer, encode):
+        self._tokenizer, self._encode = tokenizer, encode
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+    def __call__(self, text: str, return_tensors=None, **kwargs):
+        import torch
+
+        ids = self._encode(text)
+        if return_tensors != "pt":
+            return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+
+
 class RemoteChat:
     """`model.chat` of the checkpoint's own code."""
 
@@ -129,6 +148,13 @@ class RemoteChat:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True, use_fast=False)
+        self.tokenizer_note = f"{type(self.tokenizer).__name__}, use_fast=False"
+        slow = load_tokenizer(model_dir, trust_remote_code=True).slow_encode
+        if slow is not None and getattr(self.tokenizer, "is_fast", True):
+            # transformers 5 has no slow LlamaTokenizer: `use_fast=False` still loads the fast
+            # one, whose ids the card's pin never made; model.chat gets the slow class's ids.
+            self.tokenizer = _SlowIds(self.tokenizer, slow)
+            self.tokenizer_note += " (no slow class in this transformers: the slow class's ids, llama_slow.py)"
         self.template = resolve_template(model_dir)  # what model.chat's conversation.py defines
         self.dtype = model.dtype
 
@@ -182,7 +208,7 @@ class RemoteChat:
     def describe(self) -> str:
         return (
             f"model.chat of the checkpoint's own code ({type(self.model).__name__}, trust_remote_code), its "
-            f"tokenizer as the cards load it ({type(self.tokenizer).__name__}, use_fast=False), template "
+            f"tokenizer as the cards load it ({self.tokenizer_note}), template "
             f"{self.template.name!r}, dtype {self.dtype}, greedy"
         )
 
