@@ -77,7 +77,7 @@ def side_bare(cfg_path: str) -> dict:
     from internvl_batch.config import load_config
     from internvl_batch.engines.base import EngineRequest
     from internvl_batch.engines.vllm.engine import VLLMEngine
-    from internvl_batch.job.manifest import read_manifest
+    from internvl_batch.job.readers import read_manifest
     from internvl_batch.media.tiling import tile_image
     from internvl_batch.model.prompts import build_prompt
 

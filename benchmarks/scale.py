@@ -13,8 +13,11 @@ fresh driver process whose peak RSS (VmHWM) is sampled from /proc:
             work and inference scale with CPU workers and GPUs, not with the driver.
   kill      the same 1M-row run killed at a random point, then rerun: every (id, task)
             exactly once.
+  wds       `--dry-run` over WebDataset directories of 1k and 10k small generated tars
+            (4 samples each: a tiny jpg and a json): wall time and driver peak RSS; each tar
+            is planned by a Ray task, the driver holds O(files + shards).
 
-    .venv/bin/python benchmarks/scale.py [--sizes 1M,10M] [--big 100M] [--plane 1M] [--kill]
+    .venv/bin/python benchmarks/scale.py [--sizes 1M,10M] [--big 100M] [--plane 1M] [--kill] [--wds 1k,10k]
     .venv/bin/python benchmarks/scale.py --quick          # 100k rows, for a smoke check
 """
 
@@ -76,6 +79,30 @@ def write_manifest(root: Path, rows: int, fmt: str) -> Path:
     return d
 
 
+def write_wds(root: Path, tars: int, samples: int = 4) -> Path:
+    """`tars` small WebDataset shards (`{00000..}.tar`), `samples` per tar: key.jpg + key.json."""
+    import io
+    import tarfile
+
+    d = root / f"wds-{tars}"
+    if (d / "_complete").exists():
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    for t in range(tars):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for s in range(samples):
+                key = f"{t * samples + s:09d}"
+                for ext, data in (("jpg", b"\xff\xd8 not decoded by planning " + key.encode()),
+                                  ("json", json.dumps({"caption": f"sample {key}"}).encode())):  # fmt: skip
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+        (d / f"{t:05d}.tar").write_bytes(buf.getvalue())
+    (d / "_complete").touch()
+    return d
+
+
 def job_config(manifest: Path, out: Path, **runtime) -> dict:
     return {
         "input": {"path": str(manifest)},
@@ -131,8 +158,12 @@ def dry_run(root: Path, manifest: Path, name: str) -> dict:
     cfg.write_text(yaml.safe_dump(job_config(manifest, root / f"out-dry-{name}")))
     res = run_driver([sys.executable, "-m", "internvl_batch.cli", "run", str(cfg), "--dry-run"])
     assert res["returncode"] == 0, res["output"][-3000:]
-    plan = json.loads(res["output"][res["output"].index("{\n") :].split("\n}\n")[0] + "\n}")
-    return {"rows": plan["manifest_rows"], "shards": plan["shards"]["total"], **_public(res)}
+    import re
+
+    # The dry run's plan text (job/runner.py plan_text): "manifest: F file(s), R rows x ..." and "shards: S in all".
+    rows = int(re.search(r"manifest: [\d,]+ file\(s\), ([\d,]+) rows", res["output"]).group(1).replace(",", ""))
+    shards = int(re.search(r"shards: (\d+) in all", res["output"]).group(1))
+    return {"rows": rows, "shards": shards, **_public(res)}
 
 
 def _public(res: dict) -> dict:
@@ -186,6 +217,8 @@ def _stand_in_stages():
                 "num_tiles": pa.array([1] * n, pa.int32()), "media": batch["media"], "model": pa.array(["echo"] * n),
                 "run_id": pa.array([self.run_id] * n), "preprocess_ms": pa.array([0.0] * n),
                 "engine_ms": pa.array([0.0] * n), "shard": batch["shard"], "row": batch["row"],
+                "responses": pa.nulls(n, pa.list_(pa.string())), "finish_reasons": pa.nulls(n, pa.list_(pa.string())),
+                "output_token_counts": pa.nulls(n, pa.list_(pa.int32())),
                 **{c: batch[passthrough_field(c)] for c in self.passthrough},
             }  # fmt: skip
             return pa.table(cols).cast(self.schema)
@@ -251,6 +284,8 @@ def main() -> int:
     ap.add_argument("--big", default="100M", help="one more parquet dry run at this size ('' to skip)")
     ap.add_argument("--plane", default="1M", help="data-plane run size ('' to skip)")
     ap.add_argument("--kill", action="store_true", help="also kill the data-plane run once and rerun it")
+    ap.add_argument("--wds", default="", help="dry runs over WebDataset dirs of this many tars, e.g. 1k,10k")
+    ap.add_argument("--runs", type=int, default=1, help="repeat each WebDataset dry run (median and spread)")
     ap.add_argument("--quick", action="store_true", help="100k rows everywhere, no big run")
     ap.add_argument("--dir", default=None, help="where manifests are kept (default: a temp dir)")
     args = ap.parse_args()
@@ -279,6 +314,23 @@ def main() -> int:
             lo, hi = dr[f"{sizes[0]} {fmt}"], dr[f"{sizes[-1]} {fmt}"]
             print(f"driver RSS {sizes[-1]} / {sizes[0]} ({fmt}): "
                   f"{hi['driver_peak_rss_mb'] / lo['driver_peak_rss_mb']:.2f}x (target <= 1.5x)")  # fmt: skip
+    wds = [s for s in args.wds.split(",") if s]
+    for size in wds:
+        d = write_wds(root, _count(size))
+        runs = []
+        for i in range(args.runs):
+            r = dry_run(root, d, f"wds-{size}-{i}")
+            assert r["rows"] == 4 * _count(size) and r["shards"] == _count(size), r
+            runs.append(r)
+        walls, rss = sorted(r["wall_s"] for r in runs), sorted(r["driver_peak_rss_mb"] for r in runs)
+        results["dry_run"][f"{size} webdataset"] = {"rows": runs[0]["rows"], "shards": runs[0]["shards"],
+                                                   "wall_s": walls, "driver_peak_rss_mb": rss}  # fmt: skip
+        print(f"dry run {size:>5} tars (webdataset): {walls[len(walls) // 2]:7.1f}s ({walls[0]}-{walls[-1]})  "
+              f"driver peak RSS {rss[len(rss) // 2]:7.1f} MB ({rss[0]}-{rss[-1]})  ({runs[0]['shards']} shards, "
+              f"{runs[0]['rows']} samples)", flush=True)  # fmt: skip
+    if len(wds) >= 2:
+        lo, hi = (results["dry_run"][f"{s} webdataset"]["driver_peak_rss_mb"] for s in (wds[0], wds[-1]))
+        print(f"driver RSS {wds[-1]} / {wds[0]} tars: {hi[len(hi) // 2] / lo[len(lo) // 2]:.2f}x")
     if args.plane:
         manifest = write_manifest(root, _count(args.plane), "parquet")
         results["plane"] = r = plane(root, manifest, args.plane, args.kill)

@@ -109,7 +109,7 @@ def _validate(args: argparse.Namespace) -> int:
     )
     if args.config_only:
         return 0
-    from internvl_batch.job.manifest import ManifestError, sample_manifest
+    from internvl_batch.job.readers import ManifestError, check_prompt_columns, sample_manifest
     from internvl_batch.model.check import ModelCheckError, inspect_model
 
     try:
@@ -119,6 +119,7 @@ def _validate(args: argparse.Namespace) -> int:
         return 1 if e.retryable else 2
     try:
         report = sample_manifest(cfg.input, cfg.preprocess, n=args.sample)
+        check_prompt_columns(cfg.input, cfg.task)
     except ManifestError as e:
         _error(e, cfg)
         return 2
@@ -130,9 +131,9 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
-    from internvl_batch.job.manifest import ManifestError
     from internvl_batch.job.monitor import JobFailed
     from internvl_batch.job.plan import PlanError
+    from internvl_batch.job.readers import ManifestError
     from internvl_batch.job.runner import run_job
 
     try:
@@ -152,7 +153,7 @@ def _plan(args: argparse.Namespace) -> int:
         return 2
     import json
 
-    from internvl_batch.job.manifest import ManifestError
+    from internvl_batch.job.readers import ManifestError
     from internvl_batch.preflight.estimate import Rates, make_preflight
     from internvl_batch.storage.retry import StorageError, kind_of
 
@@ -181,7 +182,7 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
     import json
 
-    from internvl_batch.job.manifest import ManifestError
+    from internvl_batch.job.readers import ManifestError
     from internvl_batch.model.check import ModelCheckError
     from internvl_batch.preflight.verify import run_verify
 

@@ -26,7 +26,11 @@ ITEM_FIELDS = [
     pa.field("row", pa.int64(), nullable=False),
     pa.field("id", pa.string(), nullable=False),
     pa.field("images", pa.list_(pa.string())),
+    # Embedded media (job/readers/rows.py): null = fetch every image; else one entry per
+    # image, non-null = its encoded bytes (images[i] is then only its name).
+    pa.field("image_bytes", pa.list_(pa.large_binary())),
     pa.field("video", pa.string()),
+    pa.field("video_bytes", pa.large_binary()),  # non-null: the video's bytes (video is its name)
     pa.field("start", pa.float64()),
     pa.field("end", pa.float64()),
     pa.field("question", pa.string()),
@@ -34,6 +38,10 @@ ITEM_FIELDS = [
     pa.field("tasks", pa.list_(pa.string())),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
+    # JSON object: the row's values of the columns the tasks' prompt templates name.
+    pa.field("prompt_values", pa.string()),
+    # JSON object: this row's own system message and sampling (OpenAI batch lines).
+    pa.field("request", pa.string()),
 ]
 
 # What the prepare stage adds: the row's tiles, all images (or frames) in prompt order.
@@ -61,6 +69,10 @@ OUTPUT_FIELDS = [
     pa.field("engine_ms", pa.float64()),
     pa.field("shard", pa.string(), nullable=False),
     pa.field("row", pa.int64(), nullable=False),
+    # Every answer (sampling.n of them; response / finish_reason / num_output_tokens: the first).
+    pa.field("responses", pa.list_(pa.string())),
+    pa.field("finish_reasons", pa.list_(pa.string())),
+    pa.field("output_token_counts", pa.list_(pa.int32())),
 ]
 OUTPUT_COLUMNS = frozenset(f.name for f in OUTPUT_FIELDS)
 

@@ -17,14 +17,31 @@ from internvl_batch.config.model import ModelConfig, SamplingConfig
 from internvl_batch.media.decode import DecodeConfig
 from internvl_batch.media.fetch import FetchConfig
 from internvl_batch.media.video import VideoConfig
+from internvl_batch.model.prompt_template import fill, template_fields
 from internvl_batch.model.workload import TaskShape, Workload
 from internvl_batch.records import check_passthrough
 from internvl_batch.storage.redact import secret_values
 
 
+class WebDatasetConfig(Section):
+    """Which tar members of a WebDataset sample are its media (by the extension after the key)."""
+
+    image_extensions: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
+    video_extensions: tuple[str, ...] = ("mp4", "webm", "mkv", "mov", "avi")
+
+    @field_validator("image_extensions", "video_extensions")
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(e.lower().lstrip(".") for e in v)
+
+
 class InputConfig(Section):
     path: str = Field(description="manifest file, directory or glob on any fsspec URL (s3://, gs://, local)")
-    format: Literal["auto", "jsonl", "parquet", "csv"] = "auto"
+    format: Literal["auto", "jsonl", "parquet", "csv", "webdataset", "openai_batch"] = Field(
+        "auto",
+        description="auto: by file name (.jsonl/.json/.ndjson, .parquet, .csv, .tar/.tar.gz/.tgz: webdataset); "
+        "openai_batch (OpenAI Batch API request JSONL) is never guessed",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (no secrets in files)")
     id_column: str = "id"
     image_column: str = "image"
@@ -41,6 +58,7 @@ class InputConfig(Section):
         "refuse",
         description="a shard whose manifest rows changed since it was processed: refuse the run, or redo the shard",
     )
+    webdataset: WebDatasetConfig = Field(default_factory=WebDatasetConfig)
 
 
 class PreprocessConfig(Section):
@@ -69,7 +87,11 @@ class TaskConfig(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     preset: Literal["short_caption", "detailed_caption"] | None = None
-    prompt: str | None = Field(None, description="a fixed prompt for every row")
+    prompt: str | None = Field(
+        None,
+        description="a prompt for every row; {column} names fill in the row's value of that column "
+        "(str.format names; {{ }} for literal braces)",
+    )
     use_row_question: bool = Field(False, description="ask each row's own question column")
     system_message: str | None = Field(None, description="None: InternVL2.5's own")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -79,12 +101,34 @@ class TaskConfig(Section):
         sources = [self.preset is not None, self.prompt is not None, self.use_row_question]
         if sum(sources) != 1:
             raise ValueError(f"task {self.name!r}: set exactly one of preset, prompt, use_row_question")
+        if self.prompt is not None:
+            try:
+                template_fields(self.prompt)
+            except ValueError as e:
+                raise ValueError(f"task {self.name!r}: prompt: {e} (a literal brace is written {{{{ or }}}})") from None
         return self
 
-    def question_for(self, row_question: str | None) -> str | None:
+    @property
+    def prompt_columns(self) -> tuple[str, ...]:
+        """The manifest columns this task's prompt names (a template), else ()."""
+        return template_fields(self.prompt) if self.prompt is not None else ()
+
+    def question_for(self, row_question: str | None, values: dict[str, str | None] | None = None) -> str | None:
+        """The row's question for this task; None when it asks the row's own and there is
+        none. A template naming a column the row has no value for raises MissingValue."""
         if self.use_row_question:
             return row_question or None
-        return self.prompt if self.prompt is not None else CAPTION_PRESETS[self.preset]  # type: ignore[index]
+        if self.prompt is None:
+            return CAPTION_PRESETS[self.preset]  # type: ignore[index]
+        return fill(self.prompt, values or {})  # a fixed prompt too: its {{ }} are braces
+
+
+def _fixed_part(task: TaskConfig) -> str | None:
+    """A task's question as far as the config knows it: a template without its row values,
+    None for each row's own (the engine checks each row's real prompt)."""
+    if task.prompt is not None and template_fields(task.prompt):
+        return fill(task.prompt, dict.fromkeys(template_fields(task.prompt), ""))
+    return task.question_for(None)
 
 
 class RuntimeConfig(Section):
@@ -132,6 +176,11 @@ class RuntimeConfig(Section):
 
 class OutputConfig(Section):
     path: str = Field(description="output prefix on any fsspec URL; parquet part files + _SUCCESS")
+    format: Literal["parquet", "openai_batch"] = Field(
+        "parquet",
+        description="openai_batch: also the OpenAI Batch API's response JSONL, one line per input row "
+        "(_openai_batch/<shard>.jsonl), written when the run finishes",
+    )
     storage_options: dict[str, Any] = Field(default_factory=dict)
     rows_per_file: int = Field(5000, ge=1, description="rows per committed part file (resume granularity)")
     flush_interval_s: float = Field(60.0, gt=0, description="commit a part at least this often")
@@ -141,7 +190,10 @@ class JobConfig(Section):
     input: InputConfig
     model: ModelConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    task: list[TaskConfig] = Field(description="one task, or a list of tasks asked over the same media")
+    task: list[TaskConfig] = Field(
+        description="one task, or a list of tasks asked over the same media (input.format=openai_batch: "
+        "by default one task 'chat' asking each line's own messages)",
+    )
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     output: OutputConfig
 
@@ -163,6 +215,35 @@ class JobConfig(Section):
             return rt.engine_batches_in_flight
         requests_per_batch = rt.engine_batch_size * len(self.task)
         return max(4, math.ceil(IN_FLIGHT_PER_SEQ * self.model.max_num_seqs / requests_per_batch))
+
+    def prompt_columns(self) -> tuple[str, ...]:
+        """The manifest columns the tasks' prompt templates name (read with every row)."""
+        return tuple(sorted({c for t in self.task for c in t.prompt_columns}))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_chat_task(cls, data: Any) -> Any:
+        """An OpenAI batch file asks each line's own messages: one task, given or not."""
+        if isinstance(data, dict) and not data.get("task"):
+            fmt = data.get("input", {}).get("format") if isinstance(data.get("input"), dict) else None
+            fmt = getattr(data.get("input"), "format", fmt)
+            if fmt == "openai_batch":
+                data = {**data, "task": [{"name": "chat", "use_row_question": True}]}
+        return data
+
+    @model_validator(mode="after")
+    def _openai_batch(self) -> JobConfig:
+        asks_rows = len(self.task) == 1 and self.task[0].use_row_question
+        if self.input.format == "openai_batch" and not asks_rows:
+            raise ValueError(
+                "input.format=openai_batch: each line is its own request; give one task with "
+                "use_row_question: true (its sampling is the default for what a line leaves out), or none"
+            )
+        if self.output.format == "openai_batch" and len(self.task) != 1:
+            raise ValueError(
+                f"output.format=openai_batch writes one response per input line: give one task, not {len(self.task)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:
@@ -198,7 +279,5 @@ class JobConfig(Section):
         layouts = [("image", (tiles(pre.max_num),)), ("video", (1,) * pre.video.num_segments)]
         for n in range(2, self.model.max_images_per_prompt + 1):
             layouts.append(("image", tuple(tiles(b) for b in split_tile_budget(n, pre.multi_image_max_num))))
-        tasks = tuple(
-            TaskShape(t.name, t.question_for(None), t.system_message, t.sampling.max_tokens) for t in self.task
-        )
+        tasks = tuple(TaskShape(t.name, _fixed_part(t), t.system_message, t.sampling.max_tokens) for t in self.task)
         return Workload(tuple(layouts), tasks)

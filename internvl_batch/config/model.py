@@ -78,6 +78,7 @@ class SamplingConfig(Section):
     seed: int | None = None
     stop: tuple[str, ...] = ()
     json_schema: dict[str, Any] | None = Field(None, description="constrain the answer to this JSON schema")
+    n: int = Field(1, ge=1, description="answers per prompt (vLLM's n): output `responses`; `response` keeps the first")
 
     @field_validator("top_k")
     @classmethod
@@ -98,6 +99,15 @@ class SamplingConfig(Section):
             except SchemaError as e:
                 raise ValueError(f"not a valid JSON schema: {e.message}") from None
         return v
+
+    @model_validator(mode="after")
+    def _n(self) -> SamplingConfig:
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(
+                f"n={self.n} with temperature=0 would give {self.n} identical greedy answers; "
+                "set sampling.temperature > 0 (e.g. 0.8) to sample different ones"
+            )
+        return self
 
     @model_validator(mode="after")
     def _min_tokens(self) -> SamplingConfig:

@@ -47,10 +47,24 @@ class EngineResult:
     num_output_tokens: int | None = None
     token_ids: tuple[int, ...] = ()
     error: str | None = None
+    # Every answer when sampling.n > 1 (the first is also text / finish_reason / num_output_tokens).
+    texts: tuple[str, ...] = ()
+    finish_reasons: tuple[str, ...] = ()
+    output_token_counts: tuple[int, ...] = ()
 
     @classmethod
     def failed(cls, request_id: str, status: Status, error: str) -> EngineResult:
         return cls(id=request_id, status=status, error=error)
+
+    @classmethod
+    def answers(cls, request_id: str, num_prompt_tokens: int, answers: Sequence[tuple[str, str, Sequence[int]]]):
+        """An ok result of one or more (text, finish reason, token ids) answers, in order."""
+        text, finish, ids = answers[0]
+        return cls(
+            id=request_id, status=Status.OK, text=text, finish_reason=finish, num_prompt_tokens=num_prompt_tokens,
+            num_output_tokens=len(ids), token_ids=tuple(ids), texts=tuple(a[0] for a in answers),
+            finish_reasons=tuple(a[1] for a in answers), output_token_counts=tuple(len(a[2]) for a in answers),
+        )  # fmt: skip
 
 
 class EngineFatalError(RuntimeError):

@@ -132,21 +132,20 @@ class HFEngine(EngineBase):
             gen_kwargs["logits_processor"] = LogitsProcessorList([logits_processor])
         if sampled:
             gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=max(cfg.top_k, 0))
+            gen_kwargs["num_return_sequences"] = cfg.n  # n > 1 needs sampling (config checks)
             if cfg.seed is not None:
                 torch.manual_seed(cfg.seed)
         with torch.inference_mode():
-            out = self._model.generate(**inputs, **gen_kwargs)[0, len(ids) :].tolist()
+            outs = self._model.generate(**inputs, **gen_kwargs)[:, len(ids) :].tolist()
         stop_ids = set(gen_kwargs["eos_token_id"] or ())
-        finish = "stop" if out and out[-1] in stop_ids else "length"
-        return EngineResult(
-            id=req.id,
-            status=Status.OK,
-            text=self.answer(req, out),
-            finish_reason=finish,
-            num_prompt_tokens=len(ids),
-            num_output_tokens=len(out),
-            token_ids=tuple(out),
-        )
+        answers = []
+        for out in outs:
+            # Sequences that ended early are padded to the longest: cut after the first stop.
+            end = next((i + 1 for i, t in enumerate(out) if t in stop_ids), len(out))
+            out = out[:end]
+            finish = "stop" if out and out[-1] in stop_ids else "length"
+            answers.append((self.answer(req, out), finish, out))
+        return EngineResult.answers(req.id, len(ids), answers)
 
     def shutdown(self) -> None:
         self._model = None

@@ -10,7 +10,7 @@ keeps only the losers; a last task writes them (sorted by shard) to one parquet 
 `_state/`, which readers filter by shard. The driver holds object refs and counts only.
 
 Cost: one more read of the manifest's id column (parquet: that column only; JSONL/CSV: a
-parse of every line), done once per plan: the result is cached under a name that carries
+parse of every line; tars: a read of every sample), done once per plan: the result is cached under a name that carries
 a hash of the plan, so a resumed run reuses it.
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from internvl_batch.config import InputConfig
+from internvl_batch.job.readers import split_rows
 from internvl_batch.storage import retry
 
 _ID_SCHEMA = pa.schema([("id", pa.string()), ("shard", pa.string()), ("row", pa.int64()), ("rank", pa.int64())])
@@ -37,11 +38,9 @@ def shards_key(shards: list[Any], id_column: str) -> str:
 
 
 def _ids_of(fs: Any, cfg: InputConfig, split: dict[str, Any], ranks: dict[str, int]) -> pa.Table:
-    from internvl_batch.job.manifest import split_rows
-
     ids, shard_ids, rows, rank = [], [], [], []
     starts = [(s["row_start"], s["row_start"] + s["rows"], s["id"]) for s in split["shards"]]
-    for n, _, row in split_rows(fs, split, cfg, op="manifest_dedup"):
+    for n, _, row in split_rows(fs, split, cfg, op="manifest_dedup", ids_only=True):
         if row.error is not None and row.id.startswith(split["path"] + "#"):
             continue  # an id made from the file and line: unique by construction
         for lo, hi, sid in starts:

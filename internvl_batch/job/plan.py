@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from internvl_batch.config import JobConfig
-from internvl_batch.job.manifest import ManifestError, list_files, split_of
 from internvl_batch.job.output import STATE, OutputDir, shard_of_part, status_counts
-from internvl_batch.job.shards import ManifestFile, Shard, cut_shards
+from internvl_batch.job.readers import ManifestError, cut_shards, list_files, read_splits
+from internvl_batch.job.shards import ManifestFile, Shard
 from internvl_batch.job.sink import ShardTodo
 from internvl_batch.status import SETTLED
 from internvl_batch.storage import retry
@@ -145,32 +145,6 @@ def _limit(shards: list[Shard], limit: int) -> list[Shard]:
     return kept
 
 
-def read_splits(files: list[ManifestFile], shards: list[Shard], resume: set[str] = frozenset()) -> list[dict]:
-    """Seekable JSONL: a split per shard. Parquet: shards that share row groups read them
-    once. Compressed files and CSV can only be read from the top: one split per file."""
-    by_file: dict[str, list[Shard]] = {}
-    for s in shards:
-        by_file.setdefault(s.path, []).append(s)
-    splits = []
-    for f in files:
-        groups: list[list[Shard]] = []
-        for s in sorted(by_file.get(f.path, []), key=lambda s: s.row_start):
-            joins = groups and (
-                (f.fmt == "parquet" and set(groups[-1][-1].row_groups) & set(s.row_groups))
-                or not (f.fmt == "parquet" or f.seekable)
-            )
-            if joins:
-                groups[-1].append(s)
-            else:
-                groups.append([s])
-        for g in groups:
-            split = split_of(f, g)
-            for spec, s in zip(split["shards"], g):
-                spec["resume"] = s.id in resume
-            splits.append(split)
-    return splits
-
-
 def _threads(fn: Callable, items: list) -> list:
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(fn, items))
@@ -287,4 +261,4 @@ def _resume(out: OutputDir, shards: list[Shard], tasks: list[str], retry_failed:
         return list(pool.map(one, shards))
 
 
-__all__ = ["ManifestError", "Plan", "PlanError", "make_plan"]
+__all__ = ["ManifestError", "Plan", "PlanError", "make_plan", "read_splits"]

@@ -22,6 +22,8 @@ from internvl_batch.config import JobConfig
 from internvl_batch.engines.occupancy import combine
 from internvl_batch.job.dedup import find_duplicates, shards_key
 from internvl_batch.job.monitor import JobFailed, actor_states, stalled_stage, start_monitor
+from internvl_batch.job.openai_output import FOLDER as OPENAI_FOLDER
+from internvl_batch.job.openai_output import write_responses
 from internvl_batch.job.output import STATE, OutputDir, new_run_id
 from internvl_batch.job.plan import Plan, make_plan, read_splits
 from internvl_batch.job.sink import ShardSink
@@ -131,7 +133,16 @@ def _stage_args(cfg: JobConfig, out: OutputDir, run_id: str, duplicates: str | N
     tasks = [t.name for t in cfg.task]
     out_spec = (out.url, cfg.output.storage_options)
     return {
-        "read": (cfg.input, tasks, out_spec, cfg.runtime.retry_failed, duplicates, reader_chunk_rows(cfg), monitor),
+        "read": (
+            cfg.input,
+            tasks,
+            out_spec,
+            cfg.runtime.retry_failed,
+            duplicates,
+            reader_chunk_rows(cfg),
+            monitor,
+            cfg.prompt_columns(),
+        ),
         "prepare": (cfg.preprocess, cfg.input.passthrough, monitor),
         "inference": (cfg.model, cfg.task, cfg.input.passthrough, run_id, monitor),
     }
@@ -311,6 +322,9 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
         log.error("output incomplete: %d shard(s) not complete (e.g. %s); rerun to resume", len(bad), bad[:3])
         return summary
     summary.finished = True
+    if cfg.output.format == "openai_batch":  # before the marker: _SUCCESS means everything is there
+        n = write_responses(out, [s.id for s in plan.shards], set(plan.todo), cfg.model.path)
+        log.info("openai_batch: wrote the response file of %d shard(s) under %s/%s", n, out.url, OPENAI_FOLDER)
     report = redacted(asdict(summary))  # holds no config today; must never carry a credential
     try:  # before the marker, which stays the last file written
         log.info("report: %s", write_report(out, report))

@@ -21,11 +21,20 @@ from typing import Any
 import numpy as np
 
 from internvl_batch.config import JobConfig
-from internvl_batch.job.manifest import ManifestRow, list_files, split_of, split_rows
-from internvl_batch.job.shards import ManifestFile, Shard, cut_shards, is_record
+from internvl_batch.job.readers import (
+    ManifestRow,
+    check_prompt_columns,
+    cut_shards,
+    list_files,
+    split_of,
+    split_rows,
+)
+from internvl_batch.job.readers.webdataset import samples as tar_samples
+from internvl_batch.job.shards import ManifestFile, Shard, is_record
 from internvl_batch.media.fetch import Fetcher
-from internvl_batch.media.headers import Header, check_media, predict_tiles, read_header
+from internvl_batch.media.headers import MAX_HEADER_BYTES, Header, _size, check_media, predict_tiles, read_header
 from internvl_batch.media.tiling import split_tile_budget
+from internvl_batch.model.prompt_template import MissingValue
 from internvl_batch.model.prompts import NUM_IMAGE_TOKENS_PER_TILE, build_prompt
 from internvl_batch.status import Status
 
@@ -61,11 +70,18 @@ def _estimated_rows(fs: Any, file: ManifestFile) -> tuple[int, int]:
     with fs.open(file.path, "rb") as raw:
         f = compr[file.compression](raw, mode="rb") if file.compression else raw
         records = seen = 0
-        for line in f:
-            seen += len(line)
-            records += is_record(line)
-            if seen >= _ESTIMATE_BYTES:
-                break
+        if file.fmt == "webdataset":  # samples, not lines
+            for _ in tar_samples(f, 0, False):
+                records += 1
+                seen = raw.tell()
+                if seen >= _ESTIMATE_BYTES:
+                    break
+        else:
+            for line in f:
+                seen += len(line)
+                records += is_record(line)
+                if seen >= _ESTIMATE_BYTES:
+                    break
         consumed = raw.tell() or 1
     records -= file.fmt == "csv"  # a CSV's header is no record
     if seen < _ESTIMATE_BYTES:  # the whole file was read
@@ -127,7 +143,8 @@ def sample_rows(
             with fs.open(f.path, "rb") as fh:
                 groups = tuple(range(pq.ParquetFile(fh).metadata.num_row_groups))
         shard = Shard("sample", f.path, 0, 0, per_file, 1, "", row_groups=groups)
-        rows += [row for _, _, row in split_rows(fs, split_of(f, [shard]), cfg.input)]
+        split = split_of(f, [shard])
+        rows += [row for _, _, row in split_rows(fs, split, cfg.input, columns=cfg.prompt_columns())]
     return rows[:n], len(chosen)
 
 
@@ -181,6 +198,31 @@ class RowPlan:
     error: str | None = None
 
 
+def _embedded_header(name: str, data: bytes, cfg: JobConfig) -> Header:
+    """An embedded image's header, as read_header reads a fetched one (same limits and statuses)."""
+    decode, limit = cfg.preprocess.decode, cfg.preprocess.fetch.max_bytes
+    if len(data) > limit:
+        return Header(status=Status.TOO_LARGE, error=f"{name}: {len(data)} bytes exceed fetch.max_bytes={limit}")
+    try:
+        width, height = _size(data[:MAX_HEADER_BYTES], decode)
+    except Exception as e:
+        why = "not an image in an allowed format" if type(e).__name__ == "UnidentifiedImageError" else e
+        return Header(status=Status.DECODE_ERROR, error=f"{name}: no image header: {why}")
+    if width * height > decode.max_pixels:
+        return Header(width, height, Status.TOO_LARGE, f"{name}: {width}x{height} exceeds decode.max_pixels")
+    return Header(width, height)
+
+
+def _row_question(row: ManifestRow, task: Any) -> tuple[str | None, str | None, str | None]:
+    """(question, system message, why it can't be asked) of a row for a task, as the job builds them."""
+    own = json.loads(row.request) if row.request else {}
+    try:
+        question = task.question_for(row.question, row.values)
+    except MissingValue as e:
+        return None, None, str(e)
+    return question, own.get("system_message", task.system_message), None
+
+
 def plan_row(row: ManifestRow, cfg: JobConfig, headers: dict[str, Header], tokens: PromptTokens) -> RowPlan:
     plan = RowPlan(row.id)
     tasks = [t.name for t in cfg.task]
@@ -208,11 +250,11 @@ def plan_row(row: ManifestRow, cfg: JobConfig, headers: dict[str, Header], token
     plan.tiles = sum(per_image)
     media = "video" if row.video else "image"
     for task in cfg.task:
-        question = task.question_for(row.question)
+        question, system, _ = _row_question(row, task)  # prompts filled in from the row's columns
         if question is None:
             plan.status[task.name] = Status.INVALID_ROW.value
             continue
-        n = tokens(question, per_image, media, task.system_message)
+        n = tokens(question, per_image, media, system)
         plan.prompt_tokens[task.name] = n
         limit = tokens.sequence_limit
         over = n >= tokens.max_model_len or (limit is not None and n + task.sampling.max_tokens > limit)
@@ -331,17 +373,24 @@ def _output_tokens(cfg: JobConfig, rates: Rates | None) -> tuple[dict[str, float
 def plan_rows(cfg: JobConfig, sample: list[ManifestRow], tokens: PromptTokens | None = None) -> list[RowPlan]:
     """Each sampled row's prediction; the media headers are read concurrently."""
     fetcher = Fetcher(cfg.preprocess.fetch)
-    images = sorted({u for r in sample if not r.error for u in r.images})
-    videos = sorted({r.video for r in sample if not r.error and r.video})
+    ok = [r for r in sample if not r.error]
+    # Embedded media: their own bytes (nothing fetched); the rest by URL.
+    embedded = {n: b for r in ok for n, b in zip(r.images, r.image_bytes or ()) if b is not None}
+    embedded_videos = {r.video for r in ok if r.video_bytes is not None}
+    images = sorted({u for r in ok for u in r.images} - set(embedded))
+    videos = sorted({r.video for r in ok if r.video} - embedded_videos)
     with ThreadPoolExecutor(max_workers=16) as pool:
         # One Fetcher per thread is the rule for fetch(); check() and filesystem_options() keep no state.
         headers = dict(zip(images, pool.map(lambda u: read_header(u, fetcher, cfg.preprocess.decode), images)))
         headers.update(zip(videos, pool.map(lambda u: check_media(u, fetcher), videos)))
+    headers.update({n: _embedded_header(n, b, cfg) for n, b in embedded.items()})
+    headers.update(dict.fromkeys(embedded_videos, Header()))
     tokens = tokens or PromptTokens(cfg)
     return [plan_row(r, cfg, headers, tokens) for r in sample]
 
 
 def make_preflight(cfg: JobConfig, n: int = SAMPLE_ROWS, rates: Rates | None = None) -> Preflight:
+    check_prompt_columns(cfg.input, cfg.task)
     fs, files = list_files(cfg.input)
     rows, rows_how, floors = count_rows(cfg, fs, files)
     sample, n_files = sample_rows(cfg, fs, files, n, floors)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from internvl_batch.config import JobConfig, SamplingConfig, TaskConfig
+from internvl_batch.config import JobConfig, SamplingConfig
 from internvl_batch.engines.base import EngineRequest, EngineResult
 from internvl_batch.model.prompts import build_prompt
 from internvl_batch.preflight.reference import Step, load_reference
@@ -42,8 +42,8 @@ class Case:
     job: EngineRequest | None = None  # None: skipped (why in `skipped`)
     reference: EngineRequest | None = None  # the same row as model.chat prompts it
     skipped: str | None = None
-    question: str | None = None
-    task_config: TaskConfig | None = None
+    question: str | None = None  # the row's question for this task, and its system message
+    system_message: str | None = None
 
 
 @dataclass
@@ -115,11 +115,11 @@ def compare(
 
 
 def greedy(sampling: SamplingConfig, max_tokens: int | None) -> SamplingConfig:
-    """The task's sampling made greedy, without stop strings (raw tokens are compared)."""
+    """The row's sampling made greedy, one answer, no stop strings (raw tokens are compared)."""
     n = sampling.max_tokens if max_tokens is None else min(max_tokens, sampling.max_tokens)
     return sampling.model_copy(
         update={"temperature": 0.0, "top_p": 1.0, "top_k": -1, "seed": None, "stop": (), "max_tokens": n,
-                "min_tokens": min(sampling.min_tokens, n)}
+                "min_tokens": min(sampling.min_tokens, n), "n": 1}
     )  # fmt: skip
 
 
@@ -186,7 +186,7 @@ def run_reference(reference, cases: list[Case], job: dict[int, tuple[EngineResul
         if i not in job:
             continue
         if c.reference is None:
-            c.reference = reference_request(c.job, c.question, c.task_config, reference.template)
+            c.reference = reference_request(c.job, c.question, c.system_message, reference.template)
         out[i] = reference.trace(c.reference, follow=job[i][0].token_ids)
     return out
 
@@ -201,9 +201,9 @@ def compare_cases(cases, job, ref, token_name, tie_margin: float = TIE_MARGIN) -
     return out
 
 
-def reference_request(req: EngineRequest, question: str, task: TaskConfig, template) -> EngineRequest:
+def reference_request(req: EngineRequest, question: str, system_message: str | None, template) -> EngineRequest:
     """The same row and tiles, prompted as model.chat prompts it: the checkpoint's template."""
-    kwargs = {"system_message": task.system_message} if task.system_message is not None else {}
+    kwargs = {"system_message": system_message} if system_message is not None else {}
     media = req.prompt.media if req.prompt.media != "none" else None
     prompt = build_prompt(question, req.prompt.tiles_per_image, media=media, template=template, **kwargs)
     return dataclasses.replace(req, prompt=prompt)
@@ -217,11 +217,11 @@ def sample_cases(cfg: JobConfig, rows: int, max_tokens: int | None, stage) -> li
     each task's request as the inference stage (`stage`, with the configured engine) makes it."""
     import pyarrow as pa
 
-    from internvl_batch.job.manifest import read_manifest
+    from internvl_batch.job.readers import read_manifest
     from internvl_batch.job.stages.prepare import PrepareStage
     from internvl_batch.records import item_schema
 
-    manifest_rows = read_manifest(cfg.input.model_copy(update={"limit": rows}))
+    manifest_rows = read_manifest(cfg.input.model_copy(update={"limit": rows}), columns=cfg.prompt_columns())
     names = [t.name for t in cfg.task]
     items = [r.item(names, "verify", i) for i, r in enumerate(manifest_rows)]
     table = pa.Table.from_pylist(items, schema=item_schema(cfg.input.passthrough))
@@ -229,17 +229,21 @@ def sample_cases(cfg: JobConfig, rows: int, max_tokens: int | None, stage) -> li
     cases = []
     for row in prepared:
         for task in cfg.task:
-            case = Case(row["id"], task.name, question=task.question_for(row["question"]), task_config=task)
+            case = Case(row["id"], task.name)
             if row["status"] != Status.OK:
                 case.skipped = f"{row['status']}: {row['error']}"
-            elif task.sampling.json_schema is not None:
+                cases.append(case)
+                continue
+            # the inference stage's own request for this row and task (its private helpers:
+            # verify must take the very path the job takes)
+            req = stage._request(row, task)
+            if isinstance(req, EngineResult):
+                case.skipped = f"{req.status}: {req.error}"
+            elif req.sampling.json_schema is not None:
                 case.skipped = "json_schema: the reference has no grammar to follow"
             else:
-                req = stage._request(row, task)  # the inference stage's own request for this row and task
-                if isinstance(req, EngineResult):
-                    case.skipped = f"{req.status}: {req.error}"
-                else:
-                    case.job = dataclasses.replace(req, sampling=greedy(task.sampling, max_tokens))
+                case.question, _, case.system_message = stage._row_request(row, task)
+                case.job = dataclasses.replace(req, sampling=greedy(req.sampling, max_tokens))
             cases.append(case)
     return cases
 

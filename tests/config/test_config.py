@@ -224,6 +224,13 @@ def test_override_with_invalid_yaml_value(demo_yaml, item):
         (["runtime.replicas=four"], ["runtime.replicas"]),
         (["input.limit=0"], ["input.limit"]),
         (["model.gpu_memory_utilization=1.5"], ["model.gpu_memory_utilization"]),
+        (["task.0.sampling.n=3"], ["task.0.sampling", "n=3 with temperature=0", "sampling.temperature > 0"]),
+        (["task.1.prompt=Is it a {label!r}?"], ["task 'labels': prompt", "no conversions"]),
+        (["task.1.prompt='Reply as JSON like {\"a\": 1}'"], ["task 'labels': prompt", "{{ or }}"]),
+        (["task.1.prompt=Is it a {}?"], ["task 'labels': prompt", "must name a column"]),
+        (["input.format=openai_batch"], ["input.format=openai_batch", "use_row_question: true"]),
+        (["output.format=openai_batch"], ["output.format=openai_batch", "give one task, not 2"]),
+        (["input.format=tar"], ["input.format", "'webdataset'", "'openai_batch'"]),
     ],
     ids=lambda v: v[0] if isinstance(v, list) and v and "=" in v[0] else None,
 )
@@ -243,6 +250,8 @@ def test_invalid_config_names_the_field(demo_yaml, overrides, fragments):
         ["task.0.sampling.top_k=1"],
         ["task.1.sampling.json_schema=null"],
         ["task.0.sampling.min_tokens=24"],  # == max_tokens is fine
+        ["task.0.sampling.n=3", "task.0.sampling.temperature=0.5"],
+        ["task.1.prompt=Label the {{image}} as JSON."],
     ],
 )
 def test_boundaries_accepted(demo_yaml, overrides):
@@ -369,3 +378,17 @@ def test_engine_batches_in_flight_cover_max_num_seqs(demo_data, max_num_seqs, ba
         data["runtime"]["engine_batches_in_flight"] = explicit
     data["task"] = [{"name": f"t{i}", "preset": "short_caption"} for i in range(tasks)]
     assert JobConfig.model_validate(data).engine_batches_in_flight() == expected
+
+
+def test_prompt_templates_and_their_columns(demo_yaml):
+    cfg = load_config(demo_yaml, ["task.1.prompt=Is it a {label} by {who}? {{literal}}", "task.0.preset=null",
+                                  "task.0.prompt=Or a {label}?"])  # fmt: skip
+    assert cfg.prompt_columns() == ("label", "who")
+    assert cfg.task[1].question_for(None, {"label": "cat", "who": "Ann"}) == "Is it a cat by Ann? {literal}"
+
+
+def test_an_openai_batch_input_gets_one_chat_task(tmp_path, demo_data):
+    demo_data["input"]["format"] = "openai_batch"
+    del demo_data["task"]
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", demo_data), ["output.format=openai_batch"])
+    assert [(t.name, t.use_row_question) for t in cfg.task] == [("chat", True)]

@@ -17,9 +17,8 @@ import pytest
 from internvl_batch.config import InputConfig
 from internvl_batch.job import dedup
 from internvl_batch.job.dedup import _ids_of, _map, _partition, _reduce, _write, find_duplicates, shards_key
-from internvl_batch.job.manifest import list_files, split_of
 from internvl_batch.job.output import OutputDir
-from internvl_batch.job.shards import cut_shards
+from internvl_batch.job.readers import cut_shards, list_files, split_of
 from tests.support.manifests import BLANK, Written, write_csv, write_jsonl, write_parquet
 
 SHARD_ROWS = 2

@@ -7,7 +7,7 @@ import ray
 
 from internvl_batch.config import JobConfig
 from internvl_batch.job import runner
-from internvl_batch.job.manifest import ManifestError
+from internvl_batch.job.readers import ManifestError
 from internvl_batch.job.runner import run_job
 
 

@@ -12,9 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from internvl_batch.config import InputConfig
-from internvl_batch.job.manifest import split_of
 from internvl_batch.job.output import OutputDir
-from internvl_batch.job.shards import cut_shards
+from internvl_batch.job.readers import cut_shards, split_of
 from internvl_batch.job.sink import ShardSink, ShardTodo
 from internvl_batch.job.stages.read import ReadStage
 from internvl_batch.records import item_schema, output_schema

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from internvl_batch.config import InputConfig
-from internvl_batch.job import shards as shards_module
-from internvl_batch.job.manifest import split_of, split_rows
-from internvl_batch.job.shards import Shard, cut_shards, is_record, shard_id
+from internvl_batch.job.readers import cut_shards, split_of, split_rows
+from internvl_batch.job.readers import text as text_reader
+from internvl_batch.job.shards import Shard, is_record, shard_id
 from tests.support.manifests import (
     BLANK,
     Written,
@@ -119,7 +119,7 @@ def test_jsonl_scan_is_independent_of_chunk_size(tmp_path, monkeypatch, chunk):
     written = write_jsonl(tmp_path / "m.jsonl", JSONL_ITEMS, newline="\r\n", final_newline=False)
     fs, file = manifest_file(written.path)
     whole = cut_shards(fs, file, 3)
-    monkeypatch.setattr(shards_module, "_CHUNK", chunk)
+    monkeypatch.setattr(text_reader, "_CHUNK", chunk)
     assert cut_shards(fs, file, 3) == whole
     check_every_shard(written, 3)
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from internvl_batch.devtools.sample_media import write_sample_video
-from internvl_batch.job.manifest import list_files
+from internvl_batch.job.readers import list_files
 from internvl_batch.preflight import estimate as preflight
 from tests.observe import jobs
 

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from internvl_batch.cli import main
-from internvl_batch.job.manifest import list_files
+from internvl_batch.job.readers import list_files
 from internvl_batch.media.headers import predict_tiles
 from internvl_batch.model.check import inspect_model
 from internvl_batch.model.prompts import build_prompt
@@ -154,3 +154,34 @@ def test_row_counts_exact_cached_or_estimated(tmp_path, monkeypatch):
     (state / f"{jsonl.key}.json").write_text(json.dumps({"fingerprint": jsonl.fingerprint, "shards": [{"rows": 77}]}))
     assert count_rows(cfg, fs, files)[:2] == (1234 + 77, "exact: parquet footers (1 file(s)), "
                                               "the output's cached plan (1 file(s))")  # fmt: skip
+
+
+# -- datasets with their media and prompts from the row ----------------------------------------
+
+
+def test_embedded_images_and_filled_in_prompts(tmp_path):
+    """A HF-style parquet: headers of the rows' own bytes, prompts filled in per row (a longer
+    label, more tokens), a row without its label invalid for that task only."""
+    from internvl_batch.job.readers import ManifestError
+    from tests.support.datasets import image_bytes, write_hf_parquet
+
+    rows = [{"id": "short", "image": {"bytes": image_bytes(1, (896, 448)), "path": None}, "label": "cat"},
+            {"id": "long", "image": {"bytes": image_bytes(2, (448, 448)), "path": None},
+             "label": "very long winded description of a small domestic feline animal"},
+            {"id": "none", "image": {"bytes": image_bytes(3), "path": None}, "label": None},
+            {"id": "junk", "image": {"bytes": b"not an image", "path": "junk.png"}, "label": "x"}]  # fmt: skip
+    write_hf_parquet(tmp_path / "m.parquet", rows, label=pa.string())
+    tasks = {"task": [{"name": "ask", "prompt": "Is it a {label}?"}, {"name": "caption", "preset": "short_caption"}]}
+    cfg = jobs.job_config(tmp_path / "m.parquet", tmp_path / "out", str(tmp_path / "no-model"))
+    cfg = cfg.model_validate({**cfg.model_dump(), **tasks})
+    fs, files = list_files(cfg.input)
+    sample, _ = preflight.sample_rows(cfg, fs, files, 100, preflight.count_rows(cfg, fs, files)[2])
+    by_id = {p.id: p for p in preflight.plan_rows(cfg, sample)}
+    assert (by_id["short"].tiles, by_id["long"].tiles) == (3, 1)  # 2x1 + thumbnail: from the bytes' header
+    assert by_id["junk"].status == {"ask": "decode_error", "caption": "decode_error"}
+    assert by_id["none"].status == {"ask": "invalid_row", "caption": "ok"}
+    ask = {k: by_id[k].prompt_tokens["ask"] - 256 * by_id[k].tiles for k in ("short", "long")}
+    assert ask["long"] > ask["short"] + 10  # the filled-in label is counted
+    bad = cfg.model_validate({**cfg.model_dump(), "task": [{"name": "ask", "prompt": "Is it a {lable}?"}]})
+    with pytest.raises(ManifestError, match=r"task 'ask': its prompt names column\(s\) \['lable'\]"):
+        make_preflight(bad)

@@ -11,9 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from internvl_batch.config import InputConfig
-from internvl_batch.job.manifest import ManifestError, list_files, split_of, split_rows
 from internvl_batch.job.output import OutputDir
-from internvl_batch.job.shards import cut_shards
+from internvl_batch.job.readers import ManifestError, cut_shards, list_files, split_of, split_rows
 from internvl_batch.storage import retry
 from internvl_batch.storage.retry import RetryPolicy, StorageError
 from tests.support.flakyfs import Fault, FlakyFS

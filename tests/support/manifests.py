@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from internvl_batch.config import InputConfig, JobConfig
-from internvl_batch.job.manifest import list_files
+from internvl_batch.job.readers import list_files
 from internvl_batch.job.shards import ManifestFile
 
 BLANK = object()  # a blank line (JSONL) or an empty row (CSV): never a record

@@ -43,6 +43,8 @@ def result(
         "num_prompt_tokens": 10 + row if ok else None, "num_output_tokens": 1 + row % 5 if ok else None,
         "num_tiles": 1 if ok else None, "media": "image", "model": "m", "run_id": run_id,
         "preprocess_ms": 1.5 if ok else None, "engine_ms": 2.5 if ok else None, "shard": shard, "row": row,
+        "responses": [f"answer {row}/{task}"] if ok else None, "finish_reasons": ["stop"] if ok else None,
+        "output_token_counts": [1 + row % 5] if ok else None,
         **{c: f"{c}-{row}" for c in passthrough}, **kw,
     }  # fmt: skip
 

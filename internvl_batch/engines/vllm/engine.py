@@ -58,7 +58,10 @@ def _is_fatal(exc: BaseException) -> bool:
 _ENGINE_FIELDS = ("dtype", "tensor_parallel_size", "max_model_len", "max_num_seqs", "gpu_memory_utilization",
                   "quantization", "trust_remote_code", "enforce_eager", "seed")  # fmt: skip
 # SamplingConfig fields that are vLLM sampling parameters of the same name and meaning.
-_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "min_tokens", "repetition_penalty", "seed")
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "min_tokens", "repetition_penalty", "seed", "n")
+# SamplingParams kept per distinct sampling config; rows with their own sampling (OpenAI
+# batch lines) bring many: the cache starts over rather than grow with the rows.
+_MAX_CACHED_PARAMS = 256
 
 
 def engine_args(model: ModelConfig, tokenizer: str | None = None, max_model_len: int | None = None) -> dict[str, Any]:
@@ -157,6 +160,8 @@ class VLLMEngine(EngineBase):
         cfg = self.sampling_for(req)
         key = (id(cfg), tuple(req.prompt.stop))
         if key not in self._params:
+            if len(self._params) >= _MAX_CACHED_PARAMS:
+                self._params.clear()
             structured = StructuredOutputsParams(json=cfg.json_schema) if cfg.json_schema else None
             self._params[key] = (
                 cfg,  # keeps id(cfg) from being reused while cached
@@ -237,21 +242,15 @@ class VLLMEngine(EngineBase):
         return [f.result() for f in futures]
 
     def _result(self, req: EngineRequest, out) -> EngineResult:
-        completion = out.outputs[0]
-        answer_ids = completion.token_ids
-        # A JSON grammar may end on any EOS id of generation_config.json (Phi-3's
-        # <|assistant|>), which is no special token and would be decoded into the answer.
-        if completion.finish_reason == "stop" and answer_ids and completion.stop_reason in (None, answer_ids[-1]):
-            answer_ids = answer_ids[:-1]
-        return EngineResult(
-            id=req.id,
-            status=Status.OK,
-            text=self.answer(req, answer_ids),
-            finish_reason=completion.finish_reason,
-            num_prompt_tokens=len(out.prompt_token_ids),
-            num_output_tokens=len(completion.token_ids),
-            token_ids=tuple(completion.token_ids),
-        )
+        answers = []
+        for completion in sorted(out.outputs, key=lambda c: c.index):  # n > 1: every answer, in order
+            answer_ids = completion.token_ids
+            # A JSON grammar may end on any EOS id of generation_config.json (Phi-3's
+            # <|assistant|>), which is no special token and would be decoded into the answer.
+            if completion.finish_reason == "stop" and answer_ids and completion.stop_reason in (None, answer_ids[-1]):
+                answer_ids = answer_ids[:-1]
+            answers.append((self.answer(req, answer_ids), completion.finish_reason, completion.token_ids))
+        return EngineResult.answers(req.id, len(out.prompt_token_ids), answers)
 
     def prompt_token_ids(self, req: EngineRequest) -> list[int]:
         """The token ids vLLM built for a request's prompt (for fidelity tests)."""

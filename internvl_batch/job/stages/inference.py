@@ -15,13 +15,15 @@ when that keeps happening.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 from typing import Any
 
 import pyarrow as pa
+from pydantic import ValidationError
 
-from internvl_batch.config import ModelConfig, TaskConfig
+from internvl_batch.config import ModelConfig, SamplingConfig, TaskConfig
 from internvl_batch.engines import EngineFatalError, EngineRequest, EngineResult, build_engine
 from internvl_batch.engines.base import run_requests
 from internvl_batch.job.stages.base import AsyncStage, Batch
@@ -45,6 +47,7 @@ class InferenceStage(AsyncStage):
         monitor: str | None = None,
     ):
         self.tasks = {t.name: t for t in tasks}
+        self._samplings: dict[tuple[str, str], SamplingConfig] = {}
         self.model_name, self.run_id, self.passthrough = model.path, run_id, passthrough
         self.schema = output_schema(passthrough)
         self.attach_monitor(monitor)
@@ -64,13 +67,36 @@ class InferenceStage(AsyncStage):
         # leaked). Registered after the engine, so it runs before vLLM's own exit hooks (LIFO).
         atexit.register(self.close)
 
+    def _row_request(self, row: dict[str, Any], task: TaskConfig) -> tuple[str | None, SamplingConfig, str | None]:
+        """(question, sampling, system message) of this row for this task: the prompt filled
+        in from the row's columns, and the row's own sampling and system message (an OpenAI
+        batch line's) over the task's. A row that can't be asked raises ValueError."""
+        question = task.question_for(row["question"], json.loads(row["prompt_values"] or "{}"))
+        own = json.loads(row["request"]) if row["request"] else {}
+        system = own.get("system_message", task.system_message)
+        if "sampling" not in own:
+            return question, task.sampling, system
+        key = (task.name, json.dumps(own["sampling"], sort_keys=True))
+        if key not in self._samplings:  # one object per distinct config: the engine caches by it
+            if len(self._samplings) >= 256:
+                self._samplings.clear()
+            try:
+                self._samplings[key] = SamplingConfig.model_validate({**task.sampling.model_dump(), **own["sampling"]})
+            except ValidationError as e:
+                msgs = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'sampling'}: {err['msg']}" for err in e.errors())
+                raise ValueError(f"this row's sampling: {msgs}") from None
+        return question, self._samplings[key], system
+
     def _request(self, row: dict[str, Any], task: TaskConfig) -> EngineRequest | EngineResult:
         rid = f"{row['id']}\x1f{task.name}"
-        question = task.question_for(row["question"])
+        try:
+            question, sampling, system = self._row_request(row, task)
+        except ValueError as e:
+            return EngineResult.failed(rid, Status.INVALID_ROW, f"task {task.name!r}: {e}")
         if question is None:
             msg = f"task {task.name!r} asks each row's question; this row has none"
             return EngineResult.failed(rid, Status.INVALID_ROW, msg)
-        kwargs = {"system_message": task.system_message} if task.system_message is not None else {}
+        kwargs = {"system_message": system} if system is not None else {}
         try:
             # the checkpoint's own template, as the engine resolved it (model/check.py)
             prompt = build_prompt(
@@ -79,7 +105,7 @@ class InferenceStage(AsyncStage):
         except ValueError as e:
             return EngineResult.failed(rid, Status.INVALID_ROW, str(e))
         tiles = tiles_from_bytes(row["tiles"], row["tiles_per_image"])
-        return EngineRequest(id=rid, prompt=prompt, tiles=tiles, sampling=task.sampling, media_key=row["id"])
+        return EngineRequest(id=rid, prompt=prompt, tiles=tiles, sampling=sampling, media_key=row["id"])
 
     def _output_row(self, row: dict[str, Any], task: str, res: EngineResult, engine_ms: float | None) -> dict:
         return {
@@ -88,7 +114,7 @@ class InferenceStage(AsyncStage):
             "num_prompt_tokens": res.num_prompt_tokens, "num_output_tokens": res.num_output_tokens,
             "num_tiles": sum(row["tiles_per_image"]), "media": row["media"], "model": self.model_name,
             "run_id": self.run_id, "preprocess_ms": row["preprocess_ms"], "engine_ms": engine_ms,
-            "shard": row["shard"], "row": row["row"],
+            "shard": row["shard"], "row": row["row"], **_answers(res),
             **{c: row[passthrough_field(c)] for c in self.passthrough},
         }  # fmt: skip
 
@@ -138,3 +164,14 @@ class InferenceStage(AsyncStage):
         self.monitor.engine_failed(self.replica, cause, self.actor_id)
         logging.shutdown()
         os._exit(1)
+
+
+def _answers(res: EngineResult) -> dict[str, Any]:
+    """The output's columns of every answer (sampling.n of them); null for a failed row."""
+    if res.status != Status.OK:
+        return {"responses": None, "finish_reasons": None, "output_token_counts": None}
+    if res.texts:
+        return {"responses": list(res.texts), "finish_reasons": list(res.finish_reasons),
+                "output_token_counts": list(res.output_token_counts)}  # fmt: skip
+    return {"responses": [res.text], "finish_reasons": [res.finish_reason],
+            "output_token_counts": [res.num_output_tokens]}  # fmt: skip

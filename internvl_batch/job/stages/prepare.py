@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from internvl_batch.config import PreprocessConfig
 from internvl_batch.job.stages.base import Batch, Stage
 from internvl_batch.media.decode import decode_image
-from internvl_batch.media.errors import MediaError
+from internvl_batch.media.errors import MediaError, TooLarge
 from internvl_batch.media.fetch import Fetcher
 from internvl_batch.media.tiling import split_tile_budget, tile_image
 from internvl_batch.media.video import sample_frames
@@ -35,25 +35,34 @@ class PrepareStage(Stage):
         self.attach_monitor(monitor)
         self.timer = metrics.StepTimer()
 
-    def _image_tiles(self, urls: list[str]) -> tuple[np.ndarray, list[int]]:
+    def _bytes(self, url: str, embedded: bytes | None, limit: int) -> bytes:
+        if embedded is None:
+            return self.fetcher.fetch(url)
+        if len(embedded) > limit:
+            raise TooLarge(f"{url}: {len(embedded)} bytes exceed the limit of {limit}")
+        return embedded
+
+    def _image_tiles(self, urls: list[str], embedded: list | None = None) -> tuple[np.ndarray, list[int]]:
         budgets = [self.cfg.max_num] if len(urls) == 1 else split_tile_budget(len(urls), self.cfg.multi_image_max_num)
         tiles = []
-        for url, max_num in zip(urls, budgets):
+        for i, (url, max_num) in enumerate(zip(urls, budgets)):
             with self.timer("fetch"):
-                data = self.fetcher.fetch(url)
+                data = self._bytes(url, embedded[i] if embedded else None, self.cfg.fetch.max_bytes)
             with self.timer("decode"):
                 img = decode_image(data, self.cfg.decode, source=url)
             with self.timer("tile"):
                 tiles.append(tile_image(img, max_num=max_num, use_thumbnail=self.cfg.use_thumbnail))
         return np.concatenate(tiles), [len(t) for t in tiles]
 
-    def _video_tiles(self, url: str, start: Any, end: Any) -> tuple[np.ndarray, list[int]]:
+    def _video_tiles(
+        self, url: str, start: Any, end: Any, embedded: bytes | None = None
+    ) -> tuple[np.ndarray, list[int]]:
         bound = None
         if start is not None or end is not None:
             # the card's own defaults for an open end
             bound = (-100000 if start is None else float(start), 100000 if end is None else float(end))
         with self.timer("fetch"):
-            data = self.fetcher.fetch(url)
+            data = self._bytes(url, embedded, self.cfg.fetch.max_bytes)
         with self.timer("decode"):
             frames, _ = sample_frames(data, bound, self.cfg.video.num_segments, limits=self.cfg.video, name=url)
         with self.timer("tile"):
@@ -67,9 +76,9 @@ class PrepareStage(Stage):
         if row["status"] == Status.OK:
             try:
                 if row["media"] == "video":
-                    tiles, counts = self._video_tiles(row["video"], row["start"], row["end"])
+                    tiles, counts = self._video_tiles(row["video"], row["start"], row["end"], row.get("video_bytes"))
                 else:
-                    tiles, counts = self._image_tiles(row["images"])
+                    tiles, counts = self._image_tiles(row["images"], row.get("image_bytes"))
                 out.update(tiles=tiles_to_bytes(tiles), tiles_per_image=counts)
             except MediaError as e:
                 out.update(status=e.status, error=str(e))

@@ -1,8 +1,10 @@
 """Reader actors: a split of the manifest (one file's piece, one or more shards) -> ITEM rows.
 
-The driver only hands out split descriptions; parsing, and the per-row bookkeeping of a
-shard that an earlier run left partly done, happen here. Rows are emitted in chunks so
-that the CPU stage downstream starts before a split is read to its end.
+The driver only hands out split descriptions; parsing (job/readers/, one reader per input
+kind), and the per-row bookkeeping of a shard that an earlier run left partly done,
+happen here. Rows are emitted in chunks so that the CPU stage downstream starts before a
+split is read to its end, and so that a reader holds little of a dataset whose rows carry
+their media.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from internvl_batch.config import InputConfig
-from internvl_batch.job.manifest import split_rows
 from internvl_batch.job.output import OutputDir
+from internvl_batch.job.readers import split_rows
 from internvl_batch.job.stages.base import Batch, Stage
 from internvl_batch.observe import metrics
 from internvl_batch.records import item_schema
 from internvl_batch.status import SETTLED
 from internvl_batch.storage import retry
+
+# A chunk is handed on at `chunk_rows` rows or once its embedded media reach this size,
+# whichever comes first: rows of a dataset with image bytes are large.
+CHUNK_MEDIA_BYTES = 16 * 1024 * 1024
 
 
 class ReadStage(Stage):
@@ -37,6 +43,7 @@ class ReadStage(Stage):
         duplicates: str | None,
         chunk_rows: int = 1024,
         monitor: str | None = None,
+        columns: tuple[str, ...] = (),
     ):
         import fsspec
 
@@ -44,6 +51,7 @@ class ReadStage(Stage):
         self.fs, _ = fsspec.core.url_to_fs(cfg.path, **cfg.storage_options)
         self.out = OutputDir(*output)
         self.duplicates, self.chunk_rows = duplicates, chunk_rows
+        self.columns = columns  # those the tasks' prompt templates name
         self.schema = item_schema(cfg.passthrough)
         self.attach_monitor(monitor)
 
@@ -79,7 +87,8 @@ class ReadStage(Stage):
         done = {s["id"]: self._done_pairs(s["id"]) for s in shards if s.get("resume")}
         dups = self._duplicate_rows([s["id"] for s in shards])
         items: list[dict[str, Any]] = []
-        for n, line_no, row in split_rows(self.fs, split, self.cfg):
+        media_bytes = 0
+        for n, line_no, row in split_rows(self.fs, split, self.cfg, columns=self.columns):
             shard = shards[bisect.bisect_right(starts, n) - 1]
             if not shard["row_start"] <= n < shard["row_start"] + shard["rows"]:
                 continue  # a record of a shard that is done (a split read from the top)
@@ -91,8 +100,9 @@ class ReadStage(Stage):
             if (shard["id"], n) in dups:
                 row.mark_duplicate(self.cfg.id_column, f"{split['path']}#{line_no}")
             items.append(row.item(todo, shard["id"], n))
-            if len(items) >= self.chunk_rows:
+            media_bytes += len(row.video_bytes or b"") + sum(len(b or b"") for b in row.image_bytes or ())
+            if len(items) >= self.chunk_rows or media_bytes >= CHUNK_MEDIA_BYTES:
                 yield pa.Table.from_pylist(items, schema=self.schema)
-                items = []
+                items, media_bytes = [], 0
         if items:
             yield pa.Table.from_pylist(items, schema=self.schema)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from internvl_batch.config import InputConfig, PreprocessConfig
-from internvl_batch.job.manifest import ManifestError, ManifestRow, read_manifest, sample_manifest
+from internvl_batch.job.readers import ManifestError, ManifestRow, read_manifest, sample_manifest
 
 # -- helpers / fixtures ----------------------------------------------------------------
 
