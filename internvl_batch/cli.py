@@ -24,12 +24,12 @@ DEFAULT_TINY_DIR = Path(".cache/tiny-internvl2_5")
 
 
 def _make_tiny_model(args: argparse.Namespace) -> int:
-    from internvl_batch.devtools.tiny_model import FAMILIES, make_tiny_model
+    from internvl_batch.devtools.tiny_model import TWINS, make_tiny_model
 
     start = time.perf_counter()
     out = make_tiny_model(args.dir, seed=args.seed, fmt=args.format, family=args.family)
     size = sum(f.stat().st_size for f in out.iterdir())
-    fam = FAMILIES[args.family]
+    fam = TWINS[args.family]
     print(
         f"tiny twin of {fam.mirrors} ({args.family}, template {fam.template.name}, {args.format} layout) in {out}: "
         f"{size / 1e6:.2f} MB, built in {time.perf_counter() - start:.1f}s"
@@ -176,6 +176,25 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    import json
+
+    from internvl_batch.job.readers import ManifestError
+    from internvl_batch.model.check import ModelCheckError
+    from internvl_batch.preflight.verify import run_verify
+
+    try:
+        report = run_verify(cfg, args.rows, args.tie_margin, args.max_tokens, source=args.config)
+    except (ManifestError, ModelCheckError) as e:
+        _error(e, cfg)
+        return 1 if getattr(e, "retryable", False) else 2
+    print(_scrub(json.dumps(report.to_dict(), indent=1) if args.json else report.text(), cfg))
+    return 0 if report.ok else 1
+
+
 def _report(args: argparse.Namespace) -> int:
     import fsspec
 
@@ -285,6 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_plan)
 
+    p = sub.add_parser(
+        "verify",
+        help="before a first night on a checkpoint: N manifest rows through the job's engine and through the "
+        "checkpoint's own reference (model.chat, or the HF reference engine), compared token by token",
+    )
+    _add_config_args(p)
+    p.add_argument("--rows", type=int, default=4, help="manifest rows to compare (its first rows)")
+    p.add_argument("--max-tokens", type=int, help="cap each task's max_tokens on both sides (default: the task's)")
+    p.add_argument(
+        "--tie-margin",
+        type=float,
+        default=0.05,
+        help="a differing token counts as a tie when it is the reference's second choice within this many logits",
+    )
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=_verify)
+
     p = sub.add_parser("report", help="render _report.html and _report.png of an output path (finished or running)")
     p.add_argument("path", help="output path (any fsspec URL), or a job config YAML naming it")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with a config: override a key")
@@ -319,10 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--family",
-        choices=["qwen2", "internlm2", "phi3", "llama3", "qwen3"],
+        choices=["qwen2", "internlm2", "phi3", "phi3-internvl2", "llama3", "qwen3"],
         default="qwen2",
         help="the LLM family (and published checkpoint) it mirrors: qwen2 InternVL2_5-1B, internlm2 InternVL2_5-8B, "
-        "phi3 Mini-InternVL-Chat-4B-V1-5, llama3 InternVL2-Llama3-76B, qwen3 InternVL3_5-1B",
+        "phi3 Mini-InternVL-Chat-4B-V1-5, phi3-internvl2 InternVL2-4B, llama3 InternVL2-Llama3-76B, qwen3 "
+        "InternVL3_5-1B",
     )
     p.set_defaults(func=_make_tiny_model)
 

@@ -18,6 +18,7 @@ from internvl_batch.media.decode import DecodeConfig
 from internvl_batch.media.fetch import FetchConfig
 from internvl_batch.media.video import VideoConfig
 from internvl_batch.model.prompt_template import fill, template_fields
+from internvl_batch.model.workload import TaskShape, Workload
 from internvl_batch.records import check_passthrough
 from internvl_batch.storage.redact import secret_values
 
@@ -120,6 +121,14 @@ class TaskConfig(Section):
         if self.prompt is None:
             return CAPTION_PRESETS[self.preset]  # type: ignore[index]
         return fill(self.prompt, values or {})  # a fixed prompt too: its {{ }} are braces
+
+
+def _fixed_part(task: TaskConfig) -> str | None:
+    """A task's question as far as the config knows it: a template without its row values,
+    None for each row's own (the engine checks each row's real prompt)."""
+    if task.prompt is not None and template_fields(task.prompt):
+        return fill(task.prompt, dict.fromkeys(template_fields(task.prompt), ""))
+    return task.question_for(None)
 
 
 class RuntimeConfig(Section):
@@ -255,4 +264,20 @@ class JobConfig(Section):
                 f"preprocess.video.num_segments={frames} exceeds model.max_images_per_prompt="
                 f"{self.model.max_images_per_prompt} (each frame is one image)"
             )
+        self.model._workload = self.workload()
         return self
+
+    def workload(self) -> Workload:
+        """Every tile layout a row can reach the engine with, and what each task asks."""
+        from internvl_batch.media.tiling import split_tile_budget
+
+        pre = self.preprocess
+
+        def tiles(max_num: int) -> int:  # a grid of up to max_num tiles, plus the thumbnail
+            return max_num + (1 if pre.use_thumbnail and max_num > 1 else 0)
+
+        layouts = [("image", (tiles(pre.max_num),)), ("video", (1,) * pre.video.num_segments)]
+        for n in range(2, self.model.max_images_per_prompt + 1):
+            layouts.append(("image", tuple(tiles(b) for b in split_tile_budget(n, pre.multi_image_max_num))))
+        tasks = tuple(TaskShape(t.name, _fixed_part(t), t.system_message, t.sampling.max_tokens) for t in self.task)
+        return Workload(tuple(layouts), tasks)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from internvl_batch.config.base import Section
+from internvl_batch.model.workload import Workload
 
 
 class ModelConfig(Section):
@@ -39,6 +40,13 @@ class ModelConfig(Section):
         description="tokens that also end generation (e.g. '<|endoftext|>'); model.chat stops only at the "
         "template's separator",
     )
+    rope_factors: Literal["card", "long"] = Field(
+        "card",
+        description="LongRoPE checkpoints (Phi-3: Mini-InternVL-Chat-4B-V1-5, InternVL2-4B): 'card' gives every "
+        "sequence the factors the card's model uses for it (vLLM's max_model_len is capped at "
+        "original_max_position_embeddings, and a job whose longest planned sequence exceeds it is refused); "
+        "'long': long factors at every length, knowingly (answers within 4096 tokens differ from the card's)",
+    )
     enforce_eager: bool = Field(False, description="skip CUDA graphs / torch.compile (faster start, slower steps)")
     seed: int = 0
     cpu_kvcache_gib: int = Field(2, ge=1, description="KV cache GiB on the CPU build of vLLM (whole GiB)")
@@ -50,6 +58,14 @@ class ModelConfig(Section):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="extra vllm.LLM(...) arguments, for knobs not modelled here"
     )
+
+    # Derived, never set by hand: what the job's config lets rows ask of the model
+    # (JobConfig sets it; the engine checks its RoPE plan against it, model/rope.py).
+    _workload: Workload | None = PrivateAttr(default=None)
+
+    @property
+    def workload(self) -> Workload | None:
+        return self._workload
 
 
 class SamplingConfig(Section):

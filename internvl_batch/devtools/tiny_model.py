@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from internvl_batch.devtools.tiny.families import FAMILIES, build_config, conversation_file
+from internvl_batch.devtools.tiny.families import FAMILIES, TWINS, build_config, conversation_file
 from internvl_batch.devtools.tiny.tokenizer_files import QWEN2_SPECIAL_TOKENS as SPECIAL_TOKENS
 from internvl_batch.devtools.tiny.weights import build_weights
 from internvl_batch.model.prompts import IMG_CONTEXT
 
-__all__ = ["DEFAULT_FAMILY", "FAMILIES", "SPECIAL_TOKENS", "make_tiny_model"]
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "SPECIAL_TOKENS", "TWINS", "make_tiny_model"]
 
 DEFAULT_FAMILY = "qwen2"
 
@@ -28,15 +28,16 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, fmt: str = "original", f
 
     fmt="original": OpenGVLab's published layout (what vLLM and the job load).
     fmt="hf": transformers' native `InternVLForConditionalGeneration` layout.
-    family: which LLM family's published checkpoint it mirrors (FAMILIES).
+    family: which LLM family's published checkpoint it mirrors (FAMILIES), or a variant of
+    one with another checkpoint's template (TWINS).
     """
     from safetensors.torch import save_file
 
     if fmt not in ("original", "hf"):
         raise ValueError(f"format must be 'original' or 'hf', got {fmt!r}")
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
-    fam = FAMILIES[family]
+    if family not in TWINS:
+        raise ValueError(f"family must be one of {sorted(TWINS)}, got {family!r}")
+    fam = TWINS[family]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ids = fam.write_tokenizer(out, seed, fam.chat_template)

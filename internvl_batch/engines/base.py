@@ -119,14 +119,25 @@ def check_request(req: EngineRequest, model: ModelConfig) -> EngineResult | None
     return None
 
 
-def context_overflow(req: EngineRequest, num_prompt_tokens: int, max_model_len: int) -> EngineResult | None:
-    # At least one token must fit after the prompt.
-    if num_prompt_tokens < max_model_len:
-        return None
-    msg = (
+def context_overflow(
+    req: EngineRequest, num_prompt_tokens: int, max_model_len: int, sequence_limit: int | None = None,
+    max_tokens: int = 0,
+) -> EngineResult | None:  # fmt: skip
+    """At least one token must fit after the prompt; with a `sequence_limit` (a LongRoPE
+    checkpoint run as its card, model/rope.py), the whole answer must fit it too."""
+    what = (
         f"prompt is {num_prompt_tokens} tokens ({req.prompt.num_image_context_tokens} image tokens "
-        f"from {sum(req.prompt.tiles_per_image)} tiles); model.max_model_len={max_model_len}"
+        f"from {sum(req.prompt.tiles_per_image)} tiles)"
     )
+    if num_prompt_tokens >= max_model_len:
+        msg = f"{what}; model.max_model_len={max_model_len}"
+    elif sequence_limit is not None and num_prompt_tokens + max_tokens > sequence_limit:
+        msg = (
+            f"{what} + sampling.max_tokens {max_tokens} exceeds {sequence_limit}, where this checkpoint's "
+            f"LongRoPE changes factors; vLLM can't follow that change (see model.rope_factors)"
+        )
+    else:
+        return None
     return EngineResult(id=req.id, status=Status.CONTEXT_OVERFLOW, error=msg, num_prompt_tokens=num_prompt_tokens)
 
 
@@ -165,13 +176,21 @@ class EngineBase:
     tokenizer and stops (model/check.py), the refusal of requests the engine can't take,
     and the answer text made from the generated tokens."""
 
-    def __init__(self, model: ModelConfig, sampling: SamplingConfig, files: str | None = None):
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig, files: str | None = None, reference=False):
+        """`reference`: run the checkpoint as model.chat does (its own template whatever
+        model.template says, the card's RoPE at every length), for `verify`."""
         from internvl_batch.model.check import inspect_model
 
+        if reference:
+            model = model.model_copy(update={"template": None, "rope_factors": "card"})
         self.model = model
         self.default_sampling = sampling
-        self.checkpoint = inspect_model(model, files)
+        self.checkpoint = inspect_model(model, files, reference=reference)
         self.template = self.checkpoint.template
+        # What the engine runs with (model/rope.py): vLLM's max_model_len may be capped
+        # below model.max_model_len so that vLLM uses the RoPE factors the card uses.
+        self.max_model_len = self.checkpoint.rope_plan.max_model_len
+        self.sequence_limit = self.checkpoint.rope_plan.sequence_limit
         self.occupancy: Occupancy | None = None
 
     def sampling_for(self, req: EngineRequest) -> SamplingConfig:
@@ -180,7 +199,10 @@ class EngineBase:
     def refusal(self, req: EngineRequest, count_prompt_tokens: Callable[[], int]) -> EngineResult | None:
         """The failed result of a request this engine can't take, or None; the prompt is
         tokenized only for a request that passed the cheaper checks."""
-        return check_request(req, self.model) or context_overflow(req, count_prompt_tokens(), self.model.max_model_len)
+        if failed := check_request(req, self.model):
+            return failed
+        max_tokens = self.sampling_for(req).max_tokens
+        return context_overflow(req, count_prompt_tokens(), self.max_model_len, self.sequence_limit, max_tokens)
 
     def stop_ids(self, vocab: dict[str, int], req: EngineRequest) -> list[int]:
         return request_stop_token_ids(vocab, req.prompt, self.model.extra_stop_tokens)

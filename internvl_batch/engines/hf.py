@@ -49,8 +49,11 @@ def _load_weights(model_dir: Path) -> dict:
     return weights
 
 
-def load_hf_model(model_dir: Path, dtype: str, image_token_id: int | None = None):
-    """InternVLForConditionalGeneration from either layout (original or transformers')."""
+def load_hf_model(model_dir: Path, dtype: str, image_token_id: int | None = None, long_rope: bool = False):
+    """InternVLForConditionalGeneration from either layout (original or transformers').
+
+    transformers switches a LongRoPE model's factors with the length as the card does;
+    `long_rope` gives it long factors at every length instead (model.rope_factors: long)."""
     import torch
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
@@ -59,7 +62,12 @@ def load_hf_model(model_dir: Path, dtype: str, image_token_id: int | None = None
     config = json.loads((model_dir / "config.json").read_text())
     torch_dtype = getattr(torch, _DTYPES.get(dtype) or config.get("torch_dtype") or "bfloat16")
     if config.get("model_type") != "internvl_chat":
+        if long_rope:
+            raise ValueError("model.rope_factors: long is supported for the original checkpoint layout only")
         return InternVLForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype).eval()
+    if long_rope:
+        scaling = config["llm_config"]["rope_scaling"]
+        scaling["short_factor"] = list(scaling["long_factor"])
     if image_token_id is None:
         image_token_id = load_tokenizer(model_dir).tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     hf_config, _ = to_hf_layout(config, {}, image_token_id=image_token_id)
@@ -76,20 +84,23 @@ def load_hf_model(model_dir: Path, dtype: str, image_token_id: int | None = None
 
 
 class HFEngine(EngineBase):
-    def __init__(self, model: ModelConfig, sampling: SamplingConfig):
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig, reference: bool = False):
         try:
             import transformers  # noqa: F401
         except ImportError as e:
             raise ImportError("the HF engine needs transformers and torch: pip install torch transformers") from e
         model_dir = _local_dir(resolve_model_path(model.path, model.download_dir, model.storage_options))
-        super().__init__(model, sampling, model_dir)
+        super().__init__(model, sampling, model_dir, reference=reference)
         self.tokenizer = self.checkpoint.tokenizer.tokenizer
-        self._model = load_hf_model(model_dir, model.dtype, self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
+        long_rope = self.checkpoint.rope.kind == "longrope" and self.model.rope_factors == "long"
+        image_token_id = self.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
+        self._model = load_hf_model(model_dir, model.dtype, image_token_id, long_rope=long_rope)
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
-        return [self._generate_one(r) for r in requests]
+        return [self.generate_one(r) for r in requests]
 
-    def _generate_one(self, req: EngineRequest) -> EngineResult:
+    def generate_one(self, req: EngineRequest, logits_processor=None) -> EngineResult:
+        """`logits_processor`: also handed to transformers' generate (verify reads the scores)."""
         import torch
 
         from internvl_batch.media.normalize import normalize_tiles
@@ -108,13 +119,17 @@ class HFEngine(EngineBase):
             inputs["pixel_values"] = normalize_tiles(torch.from_numpy(req.tiles)).to(self._model.dtype)
         sampled = cfg.temperature > 0
         gen_kwargs = dict(
-            max_new_tokens=min(cfg.max_tokens, self.model.max_model_len - len(ids)),
+            max_new_tokens=min(cfg.max_tokens, self.max_model_len - len(ids)),
             min_new_tokens=cfg.min_tokens,
             do_sample=sampled,
             eos_token_id=self.stop_ids(self.tokenizer.get_vocab(), req),
             pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=cfg.repetition_penalty,
         )
+        if logits_processor is not None:
+            from transformers import LogitsProcessorList
+
+            gen_kwargs["logits_processor"] = LogitsProcessorList([logits_processor])
         if sampled:
             gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=max(cfg.top_k, 0))
             gen_kwargs["num_return_sequences"] = cfg.n  # n > 1 needs sampling (config checks)

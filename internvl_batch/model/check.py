@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from internvl_batch.model.conversation_file import TemplateError, resolve_template
 from internvl_batch.model.prompts import IMG_CONTEXT, IMG_END, IMG_START
+from internvl_batch.model.rope import Rope, RopeError, RopePlan, plan_rope
 from internvl_batch.model.templates import Template
 from internvl_batch.model.tokenizer import CheckpointTokenizer, TokenizerError, load_tokenizer
 
@@ -49,6 +50,8 @@ class ModelInfo:
     tokenizer: CheckpointTokenizer
     template: Template
     stop_token_ids: tuple[int, ...]  # the template separator, then model.extra_stop_tokens
+    rope: Rope
+    rope_plan: RopePlan  # vLLM's max_model_len and the per-row limit that keep the card's RoPE
 
     @property
     def vllm_tokenizer(self) -> str | None:
@@ -60,7 +63,12 @@ class ModelInfo:
         tok = type(self.tokenizer.tokenizer).__name__
         if self.tokenizer.converted_from:
             tok = f"{self.tokenizer.converted_from} (rebuilt from tokenizer.model, no remote code)"
-        return f"model ok: LLM {llm}, template {self.template.name!r} (stop {self.template.stop!r}), tokenizer {tok}"
+        if self.tokenizer.slow_encode is not None:
+            tok += " (prompts encoded as its slow class does, as the card)"
+        return (
+            f"model ok: LLM {llm}, template {self.template.name!r} (stop {self.template.stop!r}), tokenizer {tok}\n"
+            f"rope: {self.rope_plan.note}"
+        )
 
 
 def checkpoint_files(model: ModelConfig) -> Path:
@@ -113,9 +121,10 @@ def _single_token_ids(tokenizer, tokens, key: str, what: str) -> tuple[int, ...]
     return tuple(vocab[t] for t in tokens)
 
 
-def inspect_model(model: ModelConfig, files: str | Path | None = None) -> ModelInfo:
+def inspect_model(model: ModelConfig, files: str | Path | None = None, reference: bool = False) -> ModelInfo:
     """Load config, tokenizer and template as the engines do (no weights); `files`
-    defaults to fetching the checkpoint's non-weight files."""
+    defaults to fetching the checkpoint's non-weight files. `reference`: as model.chat runs
+    the checkpoint (the card's RoPE at every length, no plan for vLLM)."""
     files = Path(files) if files is not None else checkpoint_files(model)
     config = _load_config(files, model.trust_remote_code)
     try:
@@ -131,4 +140,19 @@ def inspect_model(model: ModelConfig, files: str | Path | None = None) -> ModelI
     why = f"the separator of template {template.name!r} (the checkpoint uses another template?) is"
     stop = _single_token_ids(tok, [template.stop], "model.template", why)
     extra = _single_token_ids(tok, model.extra_stop_tokens, "model.extra_stop_tokens", "is")
-    return ModelInfo(files, config, tokenizer, template, stop + extra)
+    llm_config = config.get("llm_config") or config.get("text_config") or {}
+    try:
+        rope = Rope.of(llm_config)
+        if reference:
+            limit = max(model.max_model_len, rope.max_position_embeddings)
+            plan = RopePlan(limit, None, f"RoPE {rope.kind} as the card's own code runs it, at every length")
+            return ModelInfo(files, config, tokenizer, template, stop + extra, rope, plan)
+        longest = None
+        if model.workload is not None:
+            from internvl_batch.model.workload import longest_sequence
+
+            longest = longest_sequence(lambda p: len(tokenizer.prompt_ids(p).ids), template, model.workload)
+        plan = plan_rope(rope, model.max_model_len, model.rope_factors, longest)
+    except RopeError as e:
+        raise ModelCheckError(e.key, str(e)) from e
+    return ModelInfo(files, config, tokenizer, template, stop + extra, rope, plan)

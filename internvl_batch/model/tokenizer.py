@@ -5,7 +5,9 @@
   tokenizer runs in every engine process. Instead an equivalent fast tokenizer is built
   from their `tokenizer.model` (`spm_tokenizer.py`, proven id for id against
   sentencepiece) and cached on local disk, so vLLM can load it as `tokenizer=`.
-- Every other family loads with transformers itself.
+- Every other family loads with transformers itself; the slow `LlamaTokenizer` (Phi-3,
+  Yi) encodes prompts by the slow class's own algorithm (`llama_slow.py`): transformers'
+  fast tokenizers differ from it on every prompt of these checkpoints.
 - Answers are decoded the way the cards' slow tokenizers (`use_fast=False`) decode:
   sentencepiece itself for sentencepiece checkpoints, the tokenizer otherwise.
 """
@@ -17,12 +19,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from internvl_batch.model.answers import Decode
+from internvl_batch.model.llama_slow import SLOW_LLAMA_CLASSES, SlowLlamaEncode
 from internvl_batch.model.prompt_ids import PromptIds, prompt_ids
 from internvl_batch.model.prompts import Prompt
 from internvl_batch.model.spm_tokenizer import CONVERTER_VERSION, clean_up_tokenization, read_spm_checkpoint
@@ -49,9 +52,12 @@ class CheckpointTokenizer:
     path: str  # what vLLM loads as `tokenizer=`
     decode: Decode  # model.chat's `batch_decode(ids, skip_special_tokens=True)`
     converted_from: str | None = None  # the remote-code class it stands in for
+    slow_encode: Callable[[str], list[int]] | None = None  # the card's slow class, where fast differs
 
     def encode_prompt(self, text: str) -> list[int]:
         """`tokenizer(query)` as model.chat calls it: with the tokenizer's own <s>, if any."""
+        if self.slow_encode is not None:
+            return self.slow_encode(text)
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def prompt_ids(self, prompt: Prompt) -> PromptIds:
@@ -141,4 +147,10 @@ def load_tokenizer(
         raise TokenizerError(
             f"tokenizer of {model_dir} ({cls or 'no tokenizer_class'}) does not load: {e}{hint}"
         ) from e
-    return CheckpointTokenizer(tok, str(model_dir), _decoder(model_dir, cls, tok))
+    slow = None
+    if cls in SLOW_LLAMA_CLASSES and (model_dir / "tokenizer.model").exists():
+        try:
+            slow = SlowLlamaEncode.from_dir(model_dir)
+        except ValueError as e:
+            raise TokenizerError(f"{cls} of {model_dir} can't be reproduced: {e}") from e
+    return CheckpointTokenizer(tok, str(model_dir), _decoder(model_dir, cls, tok), slow_encode=slow)

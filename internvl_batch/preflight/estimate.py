@@ -160,10 +160,16 @@ class PromptTokens:
 
         self.tokenizer = None
         self._cache: dict[tuple, int] = {}
+        # What the engine will hold a row to (model/rope.py): vLLM's max_model_len, and for a
+        # LongRoPE checkpoint run as its card, prompt + max_tokens within the original length.
+        self.max_model_len, self.sequence_limit = cfg.model.max_model_len, None
+        self.rope = "unknown (model not reachable)"
         try:
             info = inspect_model(cfg.model)
             self.tokenizer, self.template = info.tokenizer, info.template
             self.source = f"exact: template {info.template.name!r} and the checkpoint's tokenizer"
+            self.max_model_len, self.sequence_limit = info.rope_plan.max_model_len, info.rope_plan.sequence_limit
+            self.rope = info.rope_plan.note
         except (ModelCheckError, OSError) as e:
             self.template = get_template(cfg.model.template or DEFAULT_TEMPLATE)
             self.source = (f"ESTIMATE (model not reachable: {e}): image tokens exact, text at "
@@ -250,7 +256,9 @@ def plan_row(row: ManifestRow, cfg: JobConfig, headers: dict[str, Header], token
             continue
         n = tokens(question, per_image, media, system)
         plan.prompt_tokens[task.name] = n
-        plan.status[task.name] = (Status.CONTEXT_OVERFLOW if n >= model.max_model_len else Status.OK).value
+        limit = tokens.sequence_limit
+        over = n >= tokens.max_model_len or (limit is not None and n + task.sampling.max_tokens > limit)
+        plan.status[task.name] = (Status.CONTEXT_OVERFLOW if over else Status.OK).value
     return plan
 
 
@@ -335,8 +343,8 @@ class Preflight:
         ]
         if self.overflow:
             shown = ", ".join(f"{o['id']} ({o['task']}: {o['prompt_tokens']})" for o in self.overflow[:5])
-            lines.append(f"OVERFLOW: {len(self.overflow)} sampled row x task pair(s) exceed model.max_model_len="
-                         f"{c['max_model_len']} (status context_overflow): {shown}")  # fmt: skip
+            lines.append(f"OVERFLOW: {len(self.overflow)} sampled row x task pair(s) exceed the engine's "
+                         f"max_model_len={c['engine_max_model_len']} (status context_overflow): {shown}")  # fmt: skip
         for e in self.errors[:5]:
             lines.append(f"  predicted {e['status']}: {e['id']}: {e['error']}")
         if self.estimate:
@@ -345,6 +353,12 @@ class Preflight:
                          f"{c['replicas']} replica(s), {e['gpu_hours']:,.2f} GPU-hours ({self.estimate_note})")  # fmt: skip
         else:
             lines.append(f"estimate: none ({self.estimate_note})")
+        lines.append(f"rope: {c['rope']}")
+        lines.append(
+            "fidelity: before a first night on this checkpoint, `internvl-batch verify CONFIG` runs a few rows "
+            "through this job's engine and through the checkpoint's own reference (model.chat) and compares them "
+            "token by token"
+        )
         return "\n".join(lines)
 
 
@@ -418,7 +432,8 @@ def make_preflight(cfg: JobConfig, n: int = SAMPLE_ROWS, rates: Rates | None = N
                 for p in plans for t, s in p.status.items() if s == Status.CONTEXT_OVERFLOW]  # fmt: skip
     errors = [{"id": p.id, "status": next(iter(p.status.values())), "error": p.error} for p in plans if p.error]
     config = {"model": cfg.model.path, "replicas": replicas, "gpus_per_replica": gpus, "tasks": tasks,
-              "max_num": cfg.preprocess.max_num, "max_model_len": cfg.model.max_model_len}  # fmt: skip
+              "max_num": cfg.preprocess.max_num, "max_model_len": cfg.model.max_model_len,
+              "engine_max_model_len": tokens.max_model_len, "rope": tokens.rope}  # fmt: skip
     return Preflight(
         config, rows, rows_how, len(plans), n_files, {k: v / max(sum(pairs.values()), 1) for k, v in pairs.most_common()},
         tiles_per_row, prompt_stats, tokens.source, totals, out_source, overflow, errors, estimate, note,

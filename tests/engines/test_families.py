@@ -127,3 +127,19 @@ def test_json_schema_output_ends_and_parses(run):
     (res,) = run["vllm_engine"].generate([labelled])
     assert res.status == "ok" and res.finish_reason == "stop", (res.error, res.text)
     assert json.loads(res.text)["animal"] in ("cat", "dog")
+
+
+def test_verify_finds_every_answer_identical_to_the_reference(run):
+    """`verify`'s comparison of these vLLM answers with the HF reference engine run as
+    model.chat runs the checkpoint (its template, its RoPE, the slow tokenizer's ids)."""
+    from internvl_batch.preflight.reference import HFReference
+    from internvl_batch.preflight.verify import Case, compare_cases, run_reference
+
+    ref = HFReference(tiny_model_config(run["dir"]), GREEDY_16)
+    try:
+        cases = [Case(i.id, "q", job=req, question=i.question) for i, req in zip(INPUTS, run["requests"])]
+        job = dict(enumerate(zip(run["vllm"], run["vllm_prompt_ids"])))
+        verdicts = compare_cases(cases, job, run_reference(ref, cases, job), ref.token_name)
+    finally:
+        ref.shutdown()
+    assert [c.verdict for c in verdicts] == ["identical"] * len(INPUTS), [c.detail for c in verdicts]

@@ -98,22 +98,40 @@ def test_failures_name_the_config_key(twin_dirs, tmp_path, kind):
     assert e.value.key == key and str(e.value).startswith(f"{key}: ")
 
 
-def _job(tmp_path, model: dict) -> str:
+def _job(tmp_path, model: dict, preprocess: dict | None = None) -> str:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"id": "t", "question": "hi"}\n')
     cfg = {"input": {"path": str(manifest)}, "model": model, "output": {"path": str(tmp_path / "out")},
-           "task": [{"name": "q", "use_row_question": True}]}  # fmt: skip
+           "task": [{"name": "q", "use_row_question": True}], "preprocess": preprocess or {}}  # fmt: skip
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
 
 
+# Mini-InternVL's card: max_num 6; shared by several images too, so every row fits 4096 tokens
+PHI3_PREPROCESS = {"max_num": 6, "multi_image_max_num": 6}
+
+
 @pytest.mark.parametrize("family", ["internlm2", "phi3"])
 def test_validate_checks_the_model_as_the_engine_loads_it(twin_dirs, tmp_path, capsys, family):
-    assert cli_main(["validate", _job(tmp_path, {"path": str(twin_dirs[family])})]) == 0
+    pre = PHI3_PREPROCESS if family == "phi3" else None
+    assert cli_main(["validate", _job(tmp_path, {"path": str(twin_dirs[family])}, pre)]) == 0
     out = capsys.readouterr().out
     assert f"template {FAMILIES[family].template.name!r}" in out
     assert ("no remote code" in out) == (family == "internlm2")
+    assert ("slow class" in out) == (family == "phi3")
+    rope = "LongRoPE short factors, as the card within 4096 tokens" if family == "phi3" else "RoPE dynamic"
+    assert f"rope: {rope}" in out
+
+
+def test_validate_refuses_a_longrope_job_the_card_would_run_with_two_factor_sets(twin_dirs, tmp_path, capsys):
+    """Default preprocessing: six images of 2+1 tiles and 256 answer tokens pass 4096."""
+    assert cli_main(["validate", _job(tmp_path, {"path": str(twin_dirs["phi3"])})]) == 2
+    err = capsys.readouterr().err
+    assert "error: model.rope_factors: " in err and "6 image(s) of 18 tiles" in err
+    long = {"path": str(twin_dirs["phi3"]), "rope_factors": "long"}
+    assert cli_main(["validate", _job(tmp_path, long)]) == 0  # set knowingly
+    assert "rope: LongRoPE long factors at every length" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kind", ["another family's template", "tokenizer needs its remote code", "missing dir"])

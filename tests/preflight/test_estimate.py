@@ -62,7 +62,29 @@ def test_plan_predicts_tiles_statuses_and_exact_prompt_tokens(manifest, tmp_path
             assert by_id[rid].status[name] == ("context_overflow" if n >= 1024 else "ok")
     overflow = {(o["id"], o["task"]) for o in plan.overflow}
     assert {i for i, _ in overflow} == {f"{k}-{c}" for k in ("tall", "big", "pair") for c in (0, 1)}
-    assert "OVERFLOW: 12 sampled row x task pair(s) exceed model.max_model_len=1024" in plan.text()
+    assert "OVERFLOW: 12 sampled row x task pair(s) exceed the engine's max_model_len=1024" in plan.text()
+
+
+def test_a_longrope_plan_holds_rows_to_the_engines_limits_and_points_to_verify(manifest, tmp_path, twin_dirs):
+    """Mini-InternVL's twin at max_model_len 8192: the engine runs at 4096 (the card's short
+    RoPE factors), so a row whose prompt + max_tokens passes 4096 is predicted context_overflow."""
+    path, _ = manifest
+    cfg = jobs.job_config(path, tmp_path / "out", str(twin_dirs["phi3"]))
+    text = make_preflight(cfg).text()
+    assert "rope: LongRoPE short factors, as the card within 4096 tokens: vLLM's max_model_len capped" in text
+    assert "internvl-batch verify CONFIG" in text and "OVERFLOW" not in text
+    long_answers = jobs.job_config(path, tmp_path / "out", str(twin_dirs["phi3"]), model={"rope_factors": "card"})
+    long_answers = long_answers.model_copy(
+        update={
+            "task": [
+                t.model_copy(update={"sampling": t.sampling.model_copy(update={"max_tokens": 2400})})
+                for t in long_answers.task
+            ]
+        }  # fmt: skip
+    )
+    plan = make_preflight(long_answers)  # only the config's bound is refused (validate); rows are predicted
+    assert {o["id"] for o in plan.overflow} >= {"big-0", "pair-0"}  # 7 tiles: 1,792 + text + 2,400 > 4,096
+    assert "exceed the engine's max_model_len=4096" in plan.text()
 
 
 def test_prompt_tokens_are_an_estimate_without_the_model(manifest, tmp_path):

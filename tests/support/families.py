@@ -6,24 +6,25 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from internvl_batch.devtools.tiny_model import FAMILIES, make_tiny_model
+from internvl_batch.devtools.tiny_model import FAMILIES, TWINS, make_tiny_model
 from internvl_batch.engines.base import EngineRequest
 from internvl_batch.model.prompts import build_prompt
 from tests.support import model_chat
 from tests.support.engines import image_request
 from tests.support.slow_tokenizers import SlowSentencePieceTokenizer, clean_up_tokenization
 
-FAMILY_NAMES = sorted(FAMILIES)
+FAMILY_NAMES = sorted(FAMILIES)  # one engine each in the engine tests
+TWIN_NAMES = sorted(TWINS)  # + variants with another checkpoint's template (prompt-id tests)
 
 
 _TWINS: dict[str, Path] = {}
 
 
 def twins(tmp_path_factory) -> dict[str, Path]:
-    """Every family's twin (seed 0), built once per test session."""
+    """Every family's twin and variant (seed 0), built once per test session."""
     if not _TWINS:
         root = tmp_path_factory.mktemp("twins")
-        _TWINS.update({name: make_tiny_model(root / name, seed=0, family=name) for name in FAMILY_NAMES})
+        _TWINS.update({name: make_tiny_model(root / name, seed=0, family=name) for name in TWIN_NAMES})
     return _TWINS
 
 
@@ -114,7 +115,7 @@ class Oracle:
         self.clean_up = bool(config.get("clean_up_tokenization_spaces"))
 
     def encode(self, text: str) -> list[int]:
-        if self.fast is None:
+        if self.slow is not None:  # InternLM2Tokenizer, LlamaTokenizer (Phi-3): the slow class
             return self.slow.encode(text)
         return list(self.fast(text)["input_ids"])
 
@@ -124,3 +125,19 @@ class Oracle:
         # transformers 4.x's fast `_decode`: the tokenizers decode, then the config's clean-up
         text = self.fast.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
         return clean_up_tokenization(text) if self.clean_up else text
+
+
+def twin_with_llm_config(src: Path, dst: Path, **changes) -> Path:
+    """A copy of a twin whose llm_config has `changes` (e.g. a small
+    original_max_position_embeddings, so that sequences beyond it are cheap on a CPU)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["llm_config"].update(changes)
+    (dst / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    return dst
+
+
+# The phi3 twin with LongRoPE switching at 64 tokens (the card's rule, tested where it is cheap).
+SHORT_ORIGINAL = 64

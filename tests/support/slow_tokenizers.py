@@ -2,9 +2,10 @@
 
 Reproduced from transformers 4.37 (the cards' pin) and the checkpoints' remote
 `tokenization_internlm2.py`, on top of sentencepiece itself: `encode` is
-`tokenizer(text).input_ids` of `InternLM2Tokenizer`, `decode` is
-`decode(ids, skip_special_tokens=True)` of `InternLM2Tokenizer` or of `LlamaTokenizer`
-(legacy=False, Phi-3). Independent of the package's own implementation.
+`tokenizer(text).input_ids` of `InternLM2Tokenizer` or of `LlamaTokenizer` (Phi-3:
+legacy=False, so `'▁' + text` and sentencepiece without its dummy prefix), `decode` is
+`decode(ids, skip_special_tokens=True)` of either. Independent of the package's own
+implementation (added tokens are found by a scan here, by a regex there).
 """
 
 from __future__ import annotations
@@ -51,9 +52,62 @@ class SlowSentencePieceTokenizer:
     def _token(self, i: int) -> str:
         return self.added[i]["content"] if i in self.added else self.sp.id_to_piece(i)
 
-    # -- InternLM2Tokenizer(text).input_ids -------------------------------------------
+    # -- LlamaTokenizer(text).input_ids (transformers 4.37) --------------------------
+    def _trie_split(self, text: str) -> list[str]:
+        """PreTrainedTokenizer.tokenize's `tokens_trie.split`: at the leftmost position where an
+        added token starts, the longest one; the text between stays as it is."""
+        out, start, i = [], 0, 0
+        while i < len(text):
+            hits = [t for t in self.added_ids if text.startswith(t, i)]
+            if not hits:
+                i += 1
+                continue
+            tok = max(hits, key=len)
+            out += [text[start:i], tok]
+            i = start = i + len(tok)
+        return [p for p in out + [text[start:]] if p != ""]
+
+    def _llama_tokenize_chunk(self, text: str) -> list[str]:  # LlamaTokenizer._tokenize
+        tokens = self.sp.encode(text, out_type=str)
+        if self.legacy or not text.startswith(("▁", " ")):
+            return tokens
+        unk = self.cfg.get("unk_token") or "<unk>"
+        unk_token_length = len(self.sp.encode(str(unk)))
+        tokens = self.sp.encode(unk + text, out_type=str)
+        return tokens[unk_token_length:] if len(tokens) >= unk_token_length else tokens
+
+    def _llama_tokenize(self, text: str) -> list[str]:  # LlamaTokenizer.tokenize
+        if not self.legacy and len(text) > 0:
+            text = "▁" + text.replace("▁", " ")
+        tokens = self._trie_split(text)
+        for i, token in enumerate(tokens):  # PreTrainedTokenizer.tokenize
+            if token in self.added_ids:
+                spec = self.added[self.added_ids[token]]
+                left = tokens[i - 1] if i > 0 else None
+                right = tokens[i + 1] if i < len(tokens) - 1 else None
+                if spec.get("rstrip") and right:
+                    tokens[i + 1] = right.lstrip()
+                if spec.get("lstrip") and left:
+                    tokens[i - 1] = left.rstrip()
+                assert not spec.get("single_word")
+        out: list[str] = []
+        for token in tokens:
+            if not token:
+                continue
+            out += [token] if token in self.added_ids else self._llama_tokenize_chunk(token)
+        if not self.legacy and len(out) > 1 and out[0] == "▁" and out[1] in self.all_special_tokens:
+            out = out[1:]
+        return out
+
     def encode(self, text: str) -> list[int]:
-        assert self.internlm2, "only InternLM2Tokenizer's encode is reproduced"
+        if self.internlm2:
+            return self._internlm2_encode(text)
+        ids = [self._id(t) for t in self._llama_tokenize(text)]
+        bos = [self._id(self.cfg["bos_token"])] if self.cfg.get("add_bos_token", True) else []
+        return bos + ids + ([self._id(self.cfg["eos_token"])] if self.cfg.get("add_eos_token") else [])
+
+    # -- InternLM2Tokenizer(text).input_ids -------------------------------------------
+    def _internlm2_encode(self, text: str) -> list[int]:
         parts = [p for p in self._split.split(text)]
         for i, part in enumerate(parts):
             if part in self.added_ids:

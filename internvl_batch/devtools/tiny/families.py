@@ -155,6 +155,20 @@ FAMILIES: dict[str, Family] = {
 }  # fmt: skip
 
 
+# Twins that share a family's LLM and tokenizer but not its checkpoint's template: for the
+# prompt-id tests (no engine of their own).
+VARIANTS: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "phi3-internvl2", "OpenGVLab/InternVL2-4B", "phi3", get_template("phi3-chat"), _VIT_300M,
+            tf.phi3_files, _phi3_llm, _phi3(_INTERNVL2), ("<|endoftext|>", "<|assistant|>", "<|end|>"),
+        ),
+    )
+}  # fmt: skip
+TWINS: dict[str, Family] = {**FAMILIES, **VARIANTS}
+
+
 def conversation_file(template: Template) -> str:
     """The checkpoint's conversation.py, reduced to its own template's registration."""
     return (

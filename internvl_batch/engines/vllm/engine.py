@@ -64,8 +64,9 @@ _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "min_tokens",
 _MAX_CACHED_PARAMS = 256
 
 
-def engine_args(model: ModelConfig, tokenizer: str | None = None) -> dict[str, Any]:
-    """`tokenizer`: a local stand-in for a remote-code tokenizer (model/tokenizer.py)."""
+def engine_args(model: ModelConfig, tokenizer: str | None = None, max_model_len: int | None = None) -> dict[str, Any]:
+    """`tokenizer`: a local stand-in for a remote-code tokenizer (model/tokenizer.py);
+    `max_model_len`: the engine's own (model/rope.py), else model.max_model_len."""
     path = resolve_model_path(model.path, model.download_dir, model.storage_options)
     kwargs = dict(
         model=path,
@@ -81,6 +82,8 @@ def engine_args(model: ModelConfig, tokenizer: str | None = None) -> dict[str, A
         # Our stat logger (occupancy) needs vLLM's scheduler statistics.
         disable_log_stats=False,
     )
+    if max_model_len is not None:
+        kwargs["max_model_len"] = max_model_len
     if tokenizer:
         kwargs["tokenizer"] = tokenizer
     kwargs.update(model.engine_kwargs)
@@ -108,7 +111,7 @@ class VLLMEngine(EngineBase):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
-        args = AsyncEngineArgs(**engine_args(model, self.checkpoint.vllm_tokenizer))
+        args = AsyncEngineArgs(**engine_args(model, self.checkpoint.vllm_tokenizer, self.max_model_len))
 
         async def start():
             # Built on its loop: AsyncLLM binds its output handler to the running loop.
