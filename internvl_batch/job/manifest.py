@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from internvl_batch.config import InputConfig, PreprocessConfig
+from internvl_batch.job.clips import parse_clips
 from internvl_batch.job.shards import ManifestFile, Shard, cut_shards, is_record
 from internvl_batch.records import passthrough_field
 from internvl_batch.status import Status
@@ -37,6 +38,7 @@ class ManifestRow:
     video: str | None = None
     start: float | None = None
     end: float | None = None
+    clips: list[list[float]] | None = None
     question: str | None = None
     passthrough: dict[str, str | None] = field(default_factory=dict)
     error: str | None = None  # set: the row is invalid and becomes an invalid_row result
@@ -49,7 +51,8 @@ class ManifestRow:
         """This row as an ITEM record (job.records) with the tasks left to do for it."""
         return {
             "shard": shard, "row": row, "id": self.id, "images": self.images or None, "video": self.video,
-            "start": self.start, "end": self.end, "question": self.question, "media": self.media, "tasks": tasks,
+            "start": self.start, "end": self.end, "clips": self.clips, "question": self.question,
+            "media": self.media, "tasks": tasks,
             "status": Status.OK if self.error is None else Status.INVALID_ROW, "error": self.error,
             **{passthrough_field(c): v for c, v in self.passthrough.items()},
         }  # fmt: skip
@@ -186,6 +189,7 @@ def parse_row(rec: dict[str, Any], cfg: InputConfig, fallback_id: str) -> Manife
         row.end = _number(rec.get(cfg.end_column), cfg.end_column)
         if row.start is not None and row.end is not None and row.end <= row.start:
             raise ValueError(f"{cfg.end_column}={row.end} is not after {cfg.start_column}={row.start}")
+        row.clips = parse_clips(rec.get(cfg.clips_column), row.video, row.start, row.end)
         q = rec.get(cfg.question_column)
         row.question = None if _missing(q) else str(q)
     except ValueError as e:
@@ -289,7 +293,7 @@ def _split_rows(fs: Any, split: dict[str, Any], cfg: InputConfig, lo: int, hi: i
             records = _csv_records(f)
         else:
             columns = [cfg.id_column, cfg.image_column, cfg.video_column, cfg.question_column,
-                       cfg.start_column, cfg.end_column, *cfg.passthrough]  # fmt: skip
+                       cfg.start_column, cfg.end_column, cfg.clips_column, *cfg.passthrough]  # fmt: skip
             records = _parquet_records(f, split, columns)
         last = lo - 1
         for n, line_no, rec in records:

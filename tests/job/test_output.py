@@ -199,18 +199,18 @@ def test_ledger(out):
 
 def test_shard_keys_and_checksums(out):
     empty = out.shard_keys(SHARD)
-    assert empty.num_rows == 0 and empty.column_names == ["row", "task", "status", "run_id", "file", "pos"]
+    assert empty.num_rows == 0 and empty.column_names == ["row", "task", "status", "run_id", "clip", "file", "pos"]
     assert out.part_checksums(SHARD) == set()
     a = write_part(out, SHARD, RUN1, 0, [result(SHARD, r, "caption", RUN1) for r in (0, 1, 2)], "c-old")
     b = write_part(out, SHARD, RUN2, 0, [result(SHARD, 1, t, RUN2, Status.FETCH_ERROR) for t in ("qa", "x")], "c-new")
     write_part(out, OTHER, RUN1, 0, [result(OTHER, 9, "caption", RUN1)], "c-other")
     keys = out.shard_keys(SHARD).to_pylist()
     assert keys == [
-        {"row": 0, "task": "caption", "status": "ok", "run_id": RUN1, "file": a, "pos": 0},
-        {"row": 1, "task": "caption", "status": "ok", "run_id": RUN1, "file": a, "pos": 1},
-        {"row": 2, "task": "caption", "status": "ok", "run_id": RUN1, "file": a, "pos": 2},
-        {"row": 1, "task": "qa", "status": "fetch_error", "run_id": RUN2, "file": b, "pos": 0},
-        {"row": 1, "task": "x", "status": "fetch_error", "run_id": RUN2, "file": b, "pos": 1},
+        {"row": 0, "task": "caption", "status": "ok", "run_id": RUN1, "clip": None, "file": a, "pos": 0},
+        {"row": 1, "task": "caption", "status": "ok", "run_id": RUN1, "clip": None, "file": a, "pos": 1},
+        {"row": 2, "task": "caption", "status": "ok", "run_id": RUN1, "clip": None, "file": a, "pos": 2},
+        {"row": 1, "task": "qa", "status": "fetch_error", "run_id": RUN2, "clip": None, "file": b, "pos": 0},
+        {"row": 1, "task": "x", "status": "fetch_error", "run_id": RUN2, "clip": None, "file": b, "pos": 1},
     ]
     assert out.part_checksums(SHARD) == {"c-old", "c-new"}
     assert out.part_checksums(OTHER) == {"c-other"}
