@@ -174,7 +174,7 @@ class BlockReader:
     def read(self, start: int, end: int) -> bytes:
         return b"".join(self.stream(start, end))
 
-    def stream(self, start: int, end: int) -> Iterator[bytes]:
+    def stream(self, start: int, end: int) -> Iterator[memoryview]:
         """Bytes [start, end) in block pieces; the next block is read while one is consumed."""
         end = min(end, self.obj.size)
         if start >= end:
@@ -184,7 +184,7 @@ class BlockReader:
             fut = self._get(i)
             if i < last:
                 self._get(i + 1)
-            data = fut.result()
+            data = memoryview(fut.result())  # slices without copies: a block is held once
             lo = start - i * self.block if i == first else 0
             hi = end - i * self.block if i == last else len(data)
             yield data[lo:hi]

@@ -116,13 +116,17 @@ class BlockRun:
             if arrived.error is not None:
                 row.errors[j] = arrived.error
             elif not any(k < j for k in row.errors):  # an earlier image failed: this one decides nothing
-                start = time.perf_counter()
-                with self.stage.cpu, self.timer("decode"):
-                    img = decode_image(arrived.data, self.cfg.decode, source=row.names[j])
-                arrived.release()  # the encoded bytes: decoded now
-                with self.stage.cpu, self.timer("tile"):
-                    row.tiles[j] = tile_image(img, max_num=row.budgets[j], use_thumbnail=self.cfg.use_thumbnail)
-                row.ms += (time.perf_counter() - start) * 1000
+                with self.stage.cpu:
+                    start = time.perf_counter()  # its own work, not the wait for the worker's CPU
+                    try:
+                        with self.timer("decode"):
+                            img = decode_image(arrived.data, self.cfg.decode, source=row.names[j])
+                        arrived.release()  # the encoded bytes: decoded now
+                        with self.timer("tile"):
+                            tiles = tile_image(img, max_num=row.budgets[j], use_thumbnail=self.cfg.use_thumbnail)
+                        row.tiles[j] = tiles
+                    finally:
+                        row.ms += (time.perf_counter() - start) * 1000
         except MediaError as e:
             row.errors[j] = e
         finally:
@@ -179,6 +183,7 @@ class BlockRun:
         start = time.perf_counter()
         try:
             with self.stage.cpu:
+                start = time.perf_counter()  # its own work, not the wait for the worker's CPU
                 with self.timer("decode"):
                     if clip:
                         try:
