@@ -147,8 +147,9 @@ class Fetcher:
             self._sleep(self._backoff_s(attempt))
             attempt += 1
 
-    def check(self, url: str) -> str | None:
-        """Why `url` could not be fetched (policy, missing, too large), or None. Reads no bytes."""
+    def check(self, url: str, max_bytes: int | None = None, field: str = "fetch.max_bytes") -> str | None:
+        """Why `url` could not be fetched (policy, missing, larger than `max_bytes`: by default
+        fetch.max_bytes, a video's is video.max_bytes, named by `field`), or None. Reads no bytes."""
         try:
             protocol, path = self.resolve(url)
             info = self.filesystem(protocol).info(path)
@@ -157,9 +158,9 @@ class Fetcher:
         except Exception as exc:
             refusal = _address_refusal(exc)
             return redact_text(f"{url}: {refusal if refusal is not None else describe(exc)}")
-        size = info.get("size")
-        if size is not None and size > self.config.max_bytes:
-            return redact_text(f"{url}: {size} bytes exceeds fetch.max_bytes={self.config.max_bytes}")
+        size, limit = info.get("size"), self.config.max_bytes if max_bytes is None else max_bytes
+        if size is not None and size > limit:
+            return redact_text(f"{url}: {size} bytes exceeds {field}={limit}")
         return None
 
     def resolve(self, url: str) -> tuple[str, str]:
