@@ -358,7 +358,9 @@ def sample_manifest(cfg: InputConfig, preprocess: PreprocessConfig, n: int = 20)
         problem = row.error
         if problem is None:
             for url in row.images or [row.video]:
-                problem = fetcher.check(url)
+                # videos are read by range: their own limit
+                limit = (preprocess.video.max_bytes, "video.max_bytes") if row.video else (None, "fetch.max_bytes")
+                problem = fetcher.check(url, *limit)
                 if problem:
                     break
         lines.append(f"  {row.id}: {row.media} {'ok' if problem is None else 'PROBLEM: ' + problem}")

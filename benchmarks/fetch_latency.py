@@ -1,0 +1,239 @@
+"""Fetch-latency benchmark (issue 19): how much of the CPU stage's throughput survives object-
+store and web latency, and what a long remote video costs a worker.
+
+Images: N generated 1024x768 JPEGs served by a local HTTP server that waits `delay` before
+every response, plus rows on one slow host (a second server, 2 s per response) and on one
+dead host (a port nobody listens on). The real job runs through the CLI (`internvl-batch
+run`, its own local Ray each time) with the demo's CPU stage (2 workers x 0.5 CPU, engine
+on 1 CPU), the tiny checkpoint and a cheap engine setting (1 tile, 1 output token), at
+each delay in turn, the order rotated run by run. The CPU stage's rows/s comes from the
+job's own timeline (`_state/timeline`, a sample per second): prepare's rows between its
+first and last partial second. Printed per delay: median and (min-max) over --runs, and
+the ratio to 0 ms paired run by run; the dead host's rows and how fast they failed. Every
+run must give every row the same status and answer (exit 1 otherwise).
+
+Long video (--video-gb, 0 to skip): an MJPEG AVI of that size (devtools write_large_video;
+`df -h` is printed first and the file is deleted afterwards) on the test S3 server
+(SeaweedFS), one row cut into 60 s clips, through the CLI; reported: the CPU worker's peak
+RSS (VmHWM of the `PrepareStage` actor, polled), the bytes it read (`video_bytes_read` in
+_SUCCESS), the clips' statuses and the wall time.
+
+  .venv/bin/python benchmarks/fetch_latency.py --runs 3 [--rows 192] [--video-gb 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from internvl_batch.devtools.sample_media import sample_image, write_large_video  # noqa: E402
+from internvl_batch.devtools.tiny_model import make_tiny_model  # noqa: E402
+from tests.media.httpserver import MediaHTTPServer  # noqa: E402
+
+SLOW_DELAY_S = 2.0
+WORKER = "PrepareStage"
+
+
+def _config(model: Path, manifest: Path, out: Path, **preprocess) -> dict:
+    """configs/demo.yaml's CPU stage and engine, 1 tile, 1 token; a sample per second."""
+    return {
+        "input": {"path": str(manifest)},
+        "model": {"path": str(model), "dtype": "float32", "max_model_len": 8192, "max_num_seqs": 16,
+                  "max_images_per_prompt": 8, "enforce_eager": True, "cpu_kvcache_gib": 2},
+        "preprocess": {"max_num": 1, "multi_image_max_num": 1, **preprocess},
+        "task": [{"name": "caption", "preset": "short_caption", "sampling": {"max_tokens": 1}}],
+        "runtime": {"use_gpu": False, "replicas": 1, "cpu_workers": 2, "cpus_per_worker": 0.5, "engine_cpus": 1,
+                    "preprocess_batch_size": 2, "engine_batch_size": 16, "progress_interval_s": 1,
+                    "stall_timeout_s": 900},
+        "output": {"path": str(out), "rows_per_file": 1000},
+    }  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_job(cfg: dict, work: Path, watch: bool = False) -> tuple[float, int]:
+    """The CLI on `cfg`; (wall s, peak RSS in MB of the CPU workers when `watch`)."""
+    import psutil
+
+    path = work / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "local", "INTERNVL_BATCH_PROGRESS": "log",
+           "RAY_USAGE_STATS_ENABLED": "0", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    start = time.monotonic()
+    with open(work / "job.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "internvl_batch.cli", "run", str(path)], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        peak = 0
+        while proc.poll() is None:
+            if watch:
+                for p in psutil.Process(proc.pid).children(recursive=True):
+                    try:
+                        if WORKER in " ".join(p.cmdline()):
+                            status = Path(f"/proc/{p.pid}/status").read_text()
+                            hwm = next(line for line in status.splitlines() if line.startswith("VmHWM"))
+                            peak = max(peak, int(hwm.split()[1]) // 1024)
+                    except (psutil.Error, OSError, StopIteration):
+                        pass
+            time.sleep(0.2)
+    if proc.returncode != 0:
+        raise SystemExit(f"the job failed (exit {proc.returncode}); see {work / 'job.log'}")
+    return time.monotonic() - start, peak
+
+
+def _prepare_rate(out: Path) -> float:
+    """Rows/s of the CPU stage from the job's timeline: between its first and its last
+    partial sample (whole seconds of work only)."""
+    samples = []
+    for chunk in sorted((out / "_state" / "timeline").glob("*.json")):
+        samples += json.loads(chunk.read_text())["samples"]
+    points = sorted((s["t"], s["stages"].get("prepare", 0)) for s in samples)
+    total = points[-1][1]
+    moving = [(t, n) for t, n in points if 0 < n < total]
+    if len(moving) >= 2 and moving[-1][0] > moving[0][0]:
+        return (moving[-1][1] - moving[0][1]) / (moving[-1][0] - moving[0][0])
+    first = max(t for t, n in points if n == 0)  # too quick for two partial samples
+    last = min(t for t, n in points if n == total)
+    return total / (last - first)
+
+
+def _answers(out: Path) -> dict[tuple, tuple]:
+    rows = pq.read_table(out, columns=["id", "task", "status", "response", "preprocess_ms"]).to_pylist()
+    return {(r["id"], r["task"]): (r["status"], r["response"], r["preprocess_ms"]) for r in rows}
+
+
+def images(args, work: Path, model: Path) -> bool:
+    fast, slow = MediaHTTPServer(), MediaHTTPServer()
+    dead = f"http://127.0.0.1:{_free_port()}"
+    rows = []
+    with fast, slow:
+        for i in range(args.rows):
+            buf = io.BytesIO()
+            sample_image(seed=i, size=(1024, 768)).save(buf, "JPEG", quality=90)
+            fast.files[f"/{i}.jpg"] = buf.getvalue()
+            rows.append({"id": f"img-{i:04d}", "image": f"{fast.url}/{i}.jpg"})
+        for i in range(args.slow_rows):
+            slow.files[f"/{i}.jpg"] = fast.files[f"/{i}.jpg"]
+            rows.insert(i * len(rows) // args.slow_rows, {"id": f"slow-{i}", "image": f"{slow.url}/{i}.jpg"})
+        for i in range(args.dead_rows):
+            rows.insert(
+                (2 * i + 1) * len(rows) // (2 * args.dead_rows), {"id": f"dead-{i}", "image": f"{dead}/{i}.jpg"}
+            )
+        slow.delays["*"] = SLOW_DELAY_S
+        manifest = work / "manifest.jsonl"
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        fetch = {"allowed_private_hosts": ["127.0.0.0/8"]}
+        rates: dict[int, list[float]] = {d: [] for d in args.delays}
+        jobs: dict[int, list[float]] = {d: [] for d in args.delays}
+        dead_ms: list[float] = []
+        reference, same = None, True
+        for run in range(args.runs):
+            order = args.delays[run % len(args.delays) :] + args.delays[: run % len(args.delays)]
+            for delay in order:
+                fast.delays["*"] = delay / 1000
+                out = work / f"out-{run}-{delay}"
+                wall, _ = _run_job(_config(model, manifest, out, fetch=fetch), work)
+                rates[delay].append(_prepare_rate(out))
+                jobs[delay].append(json.loads((out / "_SUCCESS").read_text())["rows_per_s"])
+                got = _answers(out)
+                dead_ms += [v[2] for k, v in got.items() if k[0].startswith("dead-")]
+                answers = {k: v[:2] for k, v in got.items()}
+                if reference is None:
+                    reference = answers
+                elif answers != reference:
+                    same = False
+                    diff = [k for k in reference if reference[k] != answers.get(k)][:5]
+                    print(f"MISMATCH run {run} delay {delay} ms: {diff}")
+                print(f"run {run} delay {delay:4d} ms: CPU stage {rates[delay][-1]:6.2f} rows/s, job "
+                      f"{jobs[delay][-1]:.2f} rows/s, wall {wall:.0f} s", flush=True)  # fmt: skip
+                shutil.rmtree(out)
+    statuses = {}
+    for status, _ in reference.values():
+        statuses[status] = statuses.get(status, 0) + 1
+    print(f"\nCPU stage rows/s from the job's timeline; median (min-max) of {args.runs} run(s); statuses {statuses}")
+    base = rates[args.delays[0]]
+    for delay in args.delays:
+        r, ratio = rates[delay], [a / b for a, b in zip(rates[delay], base)]
+        print(f"  {delay:4d} ms: {statistics.median(r):6.2f} ({min(r):.2f}-{max(r):.2f}) rows/s, "
+              f"x{statistics.median(ratio):.2f} ({min(ratio):.2f}-{max(ratio):.2f}) of {args.delays[0]} ms; "
+              f"whole job {statistics.median(jobs[delay]):.2f} rows/s")  # fmt: skip
+    worst = max(args.delays)
+    ratio = statistics.median(a / b for a, b in zip(rates[worst], base))
+    print(f"target: >= 0.85x at {worst} ms: {'met' if ratio >= 0.85 else 'NOT met'} (x{ratio:.2f})")
+    print(f"dead host: {args.dead_rows} row(s) per run, all fetch_error: "
+          f"{all(v[0] == 'fetch_error' for k, v in reference.items() if k[0].startswith('dead-'))}; "
+          f"slowest after {max(dead_ms):.0f} ms (median {statistics.median(dead_ms):.0f} ms)")  # fmt: skip
+    print(f"answers identical across every run and delay: {same}")
+    return same
+
+
+def long_video(args, work: Path, model: Path) -> None:
+    from tests.support.s3server import S3Server
+
+    print(subprocess.run(["df", "-h", str(work)], capture_output=True, text=True).stdout.strip())
+    path = write_large_video(work / "long.avi", int(args.video_gb * 1024**3))
+    size = path.stat().st_size
+    try:
+        with S3Server() as s3:
+            options = s3.create_bucket("long-video")
+            s3.client().upload_file(str(path), "long-video", "long.avi")
+            path.unlink()  # the server holds its copy: the job reads it from there
+            manifest = work / "video.jsonl"
+            manifest.write_text(json.dumps({"id": "long", "video": "s3://long-video/long.avi"}) + "\n")
+            out = work / "out-video"
+            cfg = _config(model, manifest, out, fetch={"storage_options": {"s3": options}},
+                          video={"num_segments": 8, "clip_s": 60.0})  # fmt: skip
+            wall, peak = _run_job(cfg, work, watch=True)
+    finally:
+        path.unlink(missing_ok=True)
+    success = json.loads((out / "_SUCCESS").read_text())
+    read = success["counters"].get("video_bytes_read", 0)
+    got = pq.read_table(out, columns=["clip", "status", "preprocess_ms"]).to_pylist()
+    print(f"\nlong video: {size / 1024**3:.2f} GB MJPEG AVI (640x480) on the test S3 server, {len(got)} clip(s) of 60 s, "
+          f"statuses {sorted({r['status'] for r in got})}; CPU worker peak RSS {peak} MB; bytes read "
+          f"{read / 1024**3:.2f} GB ({read / size:.2f}x the file); wall {wall:.0f} s")  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=192)
+    ap.add_argument("--delays", default="0,50,300", help="ms per response, the first is the baseline")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--slow-rows", type=int, default=8)
+    ap.add_argument("--dead-rows", type=int, default=8)
+    ap.add_argument("--video-gb", type=float, default=2.0, help="0: no long-video line")
+    ap.add_argument("--skip-images", action="store_true")
+    args = ap.parse_args()
+    args.delays = [int(d) for d in args.delays.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="fetch-latency-", dir=REPO / ".cache" if (REPO / ".cache").exists() else None))
+    try:
+        model = make_tiny_model(work / "model", seed=0)
+        ok = True if args.skip_images else images(args, work, model)
+        if args.video_gb > 0:
+            long_video(args, work, model)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
