@@ -221,15 +221,28 @@ def open_video(source: VideoSource, *, name: str = "", limits: VideoConfig | Non
 
 
 def _refuse_playlists(head: bytes, label: str) -> None:
-    """FFmpeg follows the URLs inside playlists and stream descriptions (HLS, concat, SDP,
-    DASH): a "video" that is one would make the decoder fetch what it names, past the
-    fetch policy. Real video containers are binary from their first byte."""
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if text.startswith(_PLAYLISTS):
+    """FFmpeg follows what playlists and stream descriptions name (HLS, concat, DASH; an SDP
+    description, which it recognises by any "c=IN IP" line, makes it open RTP/UDP): a
+    "video" that is one would make the decoder reach past the fetch policy. Real video
+    containers are binary from their first bytes, so text is refused (the one text-headed
+    format, YUV4MPEG2, excepted)."""
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if text.startswith(_PLAYLISTS) or (_is_text(head) and not text.startswith(b"YUV4MPEG2 ")):
         raise VideoDecodeError(
-            f"{label}: cannot open video: it is a playlist or stream description ({text[:12]!r}...), which "
-            "would make the decoder open the URLs it names; not a video file"
+            f"{label}: cannot open video: it is text ({text[:12]!r}...), not a video file; a playlist or stream "
+            "description would make the decoder open the URLs it names"
         )
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 without control characters (but tab and line ends): no container's first bytes."""
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not merely a character cut at the end
+            return False
+        decoded = head[: e.start].decode("utf-8")
+    return bool(decoded) and not any(ord(c) < 32 and c not in "\t\r\n" or ord(c) == 127 for c in decoded)
 
 
 def _read_frames(vr: Any, indices: list[int], limits: VideoConfig | None, label: str) -> np.ndarray:

@@ -258,3 +258,19 @@ def test_a_storage_failure_mid_video_is_a_fetch_error_not_frames(big_video, http
     out = run(stage(fetch={"max_attempts": 2, "backoff_initial_s": 0.01}), [item(0, video=url)])
     assert out[0]["status"] == Status.FETCH_ERROR and out[0]["tiles_per_image"] == []
     assert f"{url}: giving up after 2 attempts" in out[0]["error"] and "503" in out[0]["error"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nm=video 5004 RTP/AVP 96\n",  # SDP: RTP/UDP out
+        "s=Ñame\nc=IN IP4 10.0.0.1\nm=video 5004 RTP/AVP 96\n",  # an SDP line anywhere, non-ASCII too
+        "ffconcat version 1.0\nfile 'http://169.254.169.254/latest/meta-data'\n",
+        '<?xml version="1.0"?><MPD><BaseURL>http://10.0.0.1/</BaseURL></MPD>',
+        "\ufeff#EXTM3U\nhttp://169.254.169.254/x.ts\n",
+    ],
+    ids=["sdp", "sdp-anywhere", "concat", "dash", "hls-bom"],
+)
+def test_text_posing_as_a_video_is_refused(text):
+    out = run(stage(), [item(0, video="x.mp4", video_bytes=text.encode())])
+    assert out[0]["status"] == Status.DECODE_ERROR and "cannot open video: it is text" in out[0]["error"]
