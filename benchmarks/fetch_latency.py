@@ -3,8 +3,9 @@ store and web latency, and what a long remote video costs a worker.
 
 Images: N generated 1024x768 JPEGs served by a local HTTP server that waits `delay` before
 every response, plus rows on one slow host (a second server, 2 s per response) and on one
-dead host (a port nobody listens on). The real job runs through the CLI (`internvl-batch
-run`, its own local Ray each time) with the demo's CPU stage (2 workers x 0.5 CPU, engine
+dead host (a port nobody listens on), those first in the manifest. The real job runs
+through the CLI (`internvl-batch run`, its own local Ray each time) with the demo's CPU
+stage (2 workers x 0.5 CPU, engine
 on 1 CPU), the tiny checkpoint and a cheap engine setting (1 tile, 1 output token), at
 each delay in turn, the order rotated run by run. The CPU stage's rows/s comes from the
 job's own timeline (`_state/timeline`, a sample per second): prepare's rows between its
@@ -131,13 +132,12 @@ def images(args, work: Path, model: Path) -> bool:
             sample_image(seed=i, size=(1024, 768)).save(buf, "JPEG", quality=90)
             fast.files[f"/{i}.jpg"] = buf.getvalue()
             rows.append({"id": f"img-{i:04d}", "image": f"{fast.url}/{i}.jpg"})
+        # First in the manifest: their fetches start first, so a slow row's 2 s is not a tail
+        # the CPU stage's rate would include (no row waits for them: rows leave as they are ready).
         for i in range(args.slow_rows):
             slow.files[f"/{i}.jpg"] = fast.files[f"/{i}.jpg"]
-            rows.insert(i * len(rows) // args.slow_rows, {"id": f"slow-{i}", "image": f"{slow.url}/{i}.jpg"})
-        for i in range(args.dead_rows):
-            rows.insert(
-                (2 * i + 1) * len(rows) // (2 * args.dead_rows), {"id": f"dead-{i}", "image": f"{dead}/{i}.jpg"}
-            )
+        rows[:0] = [{"id": f"slow-{i}", "image": f"{slow.url}/{i}.jpg"} for i in range(args.slow_rows)]
+        rows[:0] = [{"id": f"dead-{i}", "image": f"{dead}/{i}.jpg"} for i in range(args.dead_rows)]
         slow.delays["*"] = SLOW_DELAY_S
         manifest = work / "manifest.jsonl"
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
