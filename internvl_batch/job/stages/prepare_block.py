@@ -12,6 +12,7 @@ and then decoded here, clip by clip; its clips share the one open video.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class BlockRun:
         self.images: dict[int, _ImageRow] = {}  # image rows whose images are still arriving
         self.arrivals: queue.Queue = queue.Queue()
         self.outstanding = 0
+        self._closed = False  # the block's generator ended: later arrivals only give their bytes back
+        self._lock = threading.Lock()
         self.video_bytes_read = 0
 
     # -- output rows ----------------------------------------------------------------------------
@@ -75,21 +78,40 @@ class BlockRun:
                 self._open_video(pos, rec)
             else:
                 self._start_images(pos, rec)
-        for pos in settled:
-            yield pos, self._out(self.rows[pos])
-        while self.outstanding:
-            pos, index, arrived = self.arrivals.get()
-            self.outstanding -= 1
-            if index is None:
-                yield from self._video(pos, arrived)
-            else:
-                row = self._image(pos, index, arrived)
-                if row is not None:
-                    yield pos, row
+        try:
+            for pos in settled:
+                yield pos, self._out(self.rows[pos])
+            while self.outstanding:
+                pos, index, arrived = self.arrivals.get()
+                self.outstanding -= 1
+                if index is None:
+                    yield from self._video(pos, arrived)
+                else:
+                    row = self._image(pos, index, arrived)
+                    if row is not None:
+                        yield pos, row
+        finally:
+            self._close()
 
     def _arrive(self, pos: int, index: int | None) -> Any:
         self.outstanding += 1
-        return lambda fetched: self.arrivals.put((pos, index, fetched))
+
+        def done(fetched: Fetched) -> None:
+            with self._lock:
+                if not self._closed:
+                    self.arrivals.put((pos, index, fetched))
+                    return
+            fetched.release()
+
+        return done
+
+    def _close(self) -> None:
+        """A block that ends early (an error Ray will retry, or its consumer gone) gives back
+        the bytes of what arrived and of what is still to arrive: the worker's budget is shared."""
+        with self._lock:
+            self._closed = True
+        while not self.arrivals.empty():
+            self.arrivals.get_nowait()[2].release()
 
     # -- images ---------------------------------------------------------------------------------
     def _start_images(self, pos: int, rec: dict[str, Any]) -> None:
@@ -111,7 +133,8 @@ class BlockRun:
         row = self.images[pos]
         row.pending -= 1
         row.ms = max(row.ms, arrived.ms)
-        self.timer.add("fetch", arrived.ms)
+        if arrived.ms:  # not for embedded bytes: nothing was fetched
+            self.timer.add("fetch", arrived.ms)
         try:
             if arrived.error is not None:
                 row.errors[j] = arrived.error

@@ -274,3 +274,21 @@ def test_a_storage_failure_mid_video_is_a_fetch_error_not_frames(big_video, http
 def test_text_posing_as_a_video_is_refused(text):
     out = run(stage(), [item(0, video="x.mp4", video_bytes=text.encode())])
     assert out[0]["status"] == Status.DECODE_ERROR and "cannot open video: it is text" in out[0]["error"]
+
+
+def test_a_block_abandoned_midway_gives_its_bytes_back(http_server):
+    """Ray re-runs a block that failed (or drops its consumer): the worker's byte budget must
+    not keep what that block's fetches were holding, or later blocks would wait forever."""
+    for i in range(12):
+        http_server.files[f"/{i}.jpg"] = _jpeg(i)
+    http_server.delays["*"] = 0.2
+    s = stage(fetch={"concurrency": 4})
+    rows = [item(i, images=[f"{http_server.url}/{i}.jpg"]) for i in range(12)]
+    tables = s(pa.Table.from_pylist(rows, schema=item_schema()))
+    next(tables)
+    tables.close()  # the consumer goes away with fetches in flight and arrivals unread
+    deadline = time.monotonic() + 10
+    while (s.pool.budget.used or s.pool._active) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert s.pool.budget.used == 0
+    assert len(run(s, rows)) == 12  # the worker goes on
