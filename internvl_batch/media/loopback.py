@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.server
 import re
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from internvl_batch.storage.classify import describe
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 _READ_THREADS = 8
+_SEND_BUFFER = 256 * 1024
 
 
 @dataclass
@@ -45,6 +47,12 @@ class Served:
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # FFmpeg asks for "bytes=N-" and drops the response when it seeks: a small send buffer
+        # stops this side soon after it stopped reading, instead of megabytes later.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass

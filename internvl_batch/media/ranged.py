@@ -23,8 +23,9 @@ from internvl_batch.media.fetch import HTTP_PROTOCOLS, Fetcher
 from internvl_batch.media.hosts import HostHealth
 from internvl_batch.media.http_read import RangeIgnored, range_http
 
-BLOCK_BYTES = 4 * 1024**2
-KEEP_BLOCKS = 4  # plus the one read ahead: at most 5 blocks (20 MiB) of one video in memory
+BLOCK_BYTES = 1024**2  # what a seek costs at least: small, since a frame's GOP is often less
+KEEP_BLOCKS = 8  # plus up to AHEAD read ahead: at most 16 blocks (16 MiB) of one video in memory
+AHEAD = 8  # blocks read ahead of a sequential read (decord's index pass): storage latency overlapped
 
 
 class RangedObject(Protocol):
@@ -165,7 +166,7 @@ class BlockReader:
                 start = i * self.block
                 fut = self.executor.submit(self.obj.read, start, min(self.obj.size, start + self.block))
                 self._blocks[i] = fut
-                while len(self._blocks) > self.keep + 1:
+                while len(self._blocks) > self.keep + AHEAD:
                     self._blocks.popitem(last=False)
             else:
                 self._blocks.move_to_end(i)
@@ -175,15 +176,18 @@ class BlockReader:
         return b"".join(self.stream(start, end))
 
     def stream(self, start: int, end: int) -> Iterator[memoryview]:
-        """Bytes [start, end) in block pieces; the next block is read while one is consumed."""
+        """Bytes [start, end) in block pieces. Once a whole block has been taken (a sequential
+        read, as decord's index pass), the next one is read while one is consumed; a seek
+        that takes a few KB and moves on costs only its own block."""
         end = min(end, self.obj.size)
         if start >= end:
             return
         first, last = start // self.block, (end - 1) // self.block
         for i in range(first, last + 1):
             fut = self._get(i)
-            if i < last:
-                self._get(i + 1)
+            if i > first:
+                for ahead in range(i + 1, min(i + AHEAD, last) + 1):
+                    self._get(ahead)
             data = memoryview(fut.result())  # slices without copies: a block is held once
             lo = start - i * self.block if i == first else 0
             hi = end - i * self.block if i == last else len(data)

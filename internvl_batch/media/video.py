@@ -56,7 +56,7 @@ class VideoConfig(BaseModel):
         16 * 1024**3,
         gt=0,
         description="Largest video object, in bytes (too_large beyond, checked from its size before reading). "
-        "Videos are read by range as the decoder seeks, a few MB at a time, never whole in memory, so this "
+        "Videos are read by range as the decoder seeks (16 MiB of one at most), never whole in memory, so this "
         "can be large; fetch.max_bytes limits images (and videos from a server that ignores Range requests, "
         "which are fetched whole as before).",
     )
