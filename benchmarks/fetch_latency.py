@@ -15,7 +15,8 @@ run must give every row the same status and answer (exit 1 otherwise).
 
 Long video (--video-gb, 0 to skip): an MJPEG AVI of that size (devtools write_large_video;
 `df -h` is printed first and the file is deleted afterwards) on the test S3 server
-(SeaweedFS), one row cut into 60 s clips, through the CLI; reported: the CPU worker's peak
+(SeaweedFS), one row cut into 60 s clips, through the CLI, after the same for a 64 MB one
+(the worker's memory when the video's size is no matter); reported: the CPU worker's peak
 RSS (VmHWM of the `PrepareStage` actor, polled), the bytes it read (`video_bytes_read` in
 _SUCCESS), the clips' statuses and the wall time.
 
@@ -186,11 +187,11 @@ def images(args, work: Path, model: Path) -> bool:
     return same
 
 
-def long_video(args, work: Path, model: Path) -> None:
+def long_video(args, work: Path, model: Path, gb: float) -> None:
     from tests.support.s3server import S3Server
 
     print(subprocess.run(["df", "-h", str(work)], capture_output=True, text=True).stdout.strip())
-    path = write_large_video(work / "long.avi", int(args.video_gb * 1024**3))
+    path = write_large_video(work / "long.avi", int(gb * 1024**3))
     size = path.stat().st_size
     try:
         with S3Server() as s3:
@@ -199,7 +200,7 @@ def long_video(args, work: Path, model: Path) -> None:
             path.unlink()  # the server holds its copy: the job reads it from there
             manifest = work / "video.jsonl"
             manifest.write_text(json.dumps({"id": "long", "video": "s3://long-video/long.avi"}) + "\n")
-            out = work / "out-video"
+            out = work / f"out-video-{gb}"
             cfg = _config(model, manifest, out, fetch={"storage_options": {"s3": options}},
                           video={"num_segments": 8, "clip_s": 60.0})  # fmt: skip
             wall, peak = _run_job(cfg, work, watch=True)
@@ -208,7 +209,7 @@ def long_video(args, work: Path, model: Path) -> None:
     success = json.loads((out / "_SUCCESS").read_text())
     read = success["counters"].get("video_bytes_read", 0)
     got = pq.read_table(out, columns=["clip", "status", "preprocess_ms"]).to_pylist()
-    print(f"\nlong video: {size / 1024**3:.2f} GB MJPEG AVI (640x480) on the test S3 server, {len(got)} clip(s) of 60 s, "
+    print(f"\nvideo: {size / 1024**3:.2f} GB MJPEG AVI (640x480) on the test S3 server, {len(got)} clip(s) of 60 s, "
           f"statuses {sorted({r['status'] for r in got})}; CPU worker peak RSS {peak} MB; bytes read "
           f"{read / 1024**3:.2f} GB ({read / size:.2f}x the file); wall {wall:.0f} s")  # fmt: skip
 
@@ -229,7 +230,9 @@ def main() -> int:
         model = make_tiny_model(work / "model", seed=0)
         ok = True if args.skip_images else images(args, work, model)
         if args.video_gb > 0:
-            long_video(args, work, model)
+            # A small one first: what the same worker peaks at when the video is no matter.
+            for gb in (1 / 16, args.video_gb):
+                long_video(args, work, model, gb)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
