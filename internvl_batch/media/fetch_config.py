@@ -92,9 +92,10 @@ class FetchConfig(BaseModel):
     host_max_errors: int = Field(
         5,
         ge=1,
-        description="A host that this many requests in a row could not reach (connection refused or reset, "
-        "timeouts, no DNS answer) is given up by the worker for a minute: its rows get fetch_error at once, "
-        "naming the host, and retries to it stop. A host that answers, even with errors, is not given up.",
+        description="A web (http(s)) host that this many requests in a row could not reach (connection refused "
+        "or reset, timeouts, no DNS answer) is given up by the worker for a minute: its rows get fetch_error at "
+        "once, naming the host, and retries to it stop. A host that answers, even with errors, is not given up; "
+        "nor is an object store's endpoint (its throttling and timeouts are retried).",
     )
 
     @field_validator("allowed_schemes")

@@ -1,5 +1,5 @@
 """Per-host bookkeeping of one worker's fetches: which host a URL is, whether a host can
-be reached at all, and giving up a host that cannot (a circuit breaker).
+be reached at all, and giving up a web host that cannot (a circuit breaker).
 
 A web manifest has many hosts, some dead: without this, every row of a dead host waits
 out its own timeouts and retries, and a worker's slots fill with rows that cannot succeed.

@@ -4,7 +4,7 @@ for the same reason).
 
 One `FetchPool` per worker: `fetch.concurrency` threads share one `Fetcher` (one session
 per scheme, connections reused); requests start in the order they were submitted, at most
-`fetch.per_host` at once to one http(s) host; a host the `HostBook` gave up fails its
+`fetch.per_host` at once to one http(s) host; a web host the `HostBook` gave up fails its
 requests at once; and the bytes held (being downloaded, or downloaded and not yet
 decoded) stay under `fetch.max_bytes_in_flight` (`ByteBudget`). Every request ends in
 exactly one call of its `done` callback, from a fetch thread, with the bytes or the error.
@@ -172,7 +172,9 @@ class FetchPool:
     def _run(self, req: _Request) -> None:
         ticket = Ticket(self.budget, self._unknown_size)
         started = time.perf_counter()
-        health = self.hosts.health(req.host)
+        # Only web hosts are given up: an object store's endpoint is the operator's, its
+        # throttling and timeouts are ridden out by the retries.
+        health = self.hosts.health(req.host) if req.limited else None
         try:
             if req.work is not None:
                 result = Fetched(req.url, req.work(health), None, 0.0)

@@ -123,6 +123,16 @@ def test_a_host_that_times_out_is_given_up(http_server):
     assert len(http_server.requests) <= 4
 
 
+def test_an_object_stores_endpoint_is_never_given_up(s3):
+    """Its timeouts and throttling are the operator's to ride out with retries, not a web host's death."""
+    dead = {**s3.storage_options, "client_kwargs": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"},
+            "config_kwargs": {"retries": {"max_attempts": 1}}}  # fmt: skip
+    p = pool(concurrency=8, host_max_errors=1, max_attempts=1, storage_options={"s3": dead})
+    got = fetch_all(p, [f"s3://pool-dead/{i}.bin" for i in range(6)])
+    assert all(isinstance(e, FetchError) and "given up" not in str(e) for e in got.values())
+    assert p.hosts.given_up == 0
+
+
 def test_a_given_up_host_is_probed_again_later():
     book = pool(host_max_errors=2).hosts
     book.give_up_s = 0.2
