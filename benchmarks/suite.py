@@ -82,6 +82,13 @@ ROWS = (
         "engine_feed.py --tiles mixed --rows 192 --in-flight 16 --runs 3", _FEED),
     Row("peers", "vs Ray Data LLM and the bare engine: same images, prompt, model, engine settings; answers equal",
         "peers.py --runs 3", ("job/",), smoke="peers.py --rows 4 --max-tokens 16 --runs 1"),
+    Row("fetch-latency", "fetch latency: the CPU stage's rows/s when every object takes 0 / 50 / 300 ms to answer "
+        "(192 JPEGs 1024x768 on a local HTTP server, 8 rows on a host answering in 2 s, 8 on a dead host; the demo's "
+        "2 workers x 0.5 CPU, 1 tile, 1 token; rows/s from the job's own timeline)",
+        "fetch_latency.py --runs 3 --video-gb 0", ("CPU stage", "dead host"),
+        smoke="fetch_latency.py --rows 8 --slow-rows 1 --dead-rows 1 --delays 0,50 --video-gb 0 --runs 1"),
+    Row("long-video", "a long video from object storage (MJPEG AVI 640x480 on the test S3 server, 60 s clips), "
+        "beside a 64 MB one", "fetch_latency.py --skip-images --video-gb 2 --runs 1", ("CPU worker", "bytes read")),
 )  # fmt: skip
 
 # Lines of a benchmark's output echoed to the console (all of it goes to the row's log).

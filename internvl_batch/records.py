@@ -33,6 +33,7 @@ ITEM_FIELDS = [
     pa.field("video_bytes", pa.large_binary()),  # non-null: the video's bytes (video is its name)
     pa.field("start", pa.float64()),
     pa.field("end", pa.float64()),
+    pa.field("clips", pa.list_(pa.list_(pa.float64()))),  # the row's own [start, end] windows (job/clips.py)
     pa.field("question", pa.string()),
     pa.field("media", pa.string()),
     pa.field("tasks", pa.list_(pa.string())),
@@ -44,11 +45,22 @@ ITEM_FIELDS = [
     pa.field("request", pa.string()),
 ]
 
+# A clip of a video row: its index, window and how many the row has; null for other rows.
+# The prepare stage makes one record per clip; each becomes output rows keyed (row, clip, task).
+CLIP_FIELDS = [
+    pa.field("clip", pa.int32()),
+    pa.field("clip_start", pa.float64()),
+    pa.field("clip_end", pa.float64()),
+    pa.field("num_clips", pa.int32()),
+]
+CLIP_COLUMNS = tuple(f.name for f in CLIP_FIELDS)
+
 # What the prepare stage adds: the row's tiles, all images (or frames) in prompt order.
 PREPARED_FIELDS = [
     pa.field("tiles", pa.large_binary()),
     pa.field("tiles_per_image", pa.list_(pa.int32())),
     pa.field("preprocess_ms", pa.float64()),
+    *CLIP_FIELDS,
 ]
 
 # One output row per (manifest row, task): the parquet schema users read.
@@ -63,6 +75,7 @@ OUTPUT_FIELDS = [
     pa.field("num_output_tokens", pa.int32()),
     pa.field("num_tiles", pa.int32()),
     pa.field("media", pa.string()),
+    *CLIP_FIELDS,
     pa.field("model", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("preprocess_ms", pa.float64()),

@@ -49,6 +49,7 @@ class InputConfig(Section):
     question_column: str = "question"
     start_column: str = "start"
     end_column: str = "end"
+    clips_column: str = Field("clips", description="a video row's own clips: a list of [start, end] seconds")
     passthrough: tuple[str, ...] = Field((), description="manifest columns copied to the output")
     limit: int | None = Field(None, ge=1, description="first N rows only (smoke runs)")
     shard_rows: int = Field(
@@ -137,7 +138,12 @@ class RuntimeConfig(Section):
     replicas: int = Field(1, ge=1, description="engine actors, one model replica each")
     cpu_workers: int = Field(2, ge=1, description="concurrent preprocess (fetch/decode/tile) workers")
     cpus_per_worker: float = Field(1.0, gt=0)
-    preprocess_batch_size: int = Field(4, ge=1, description="rows per preprocess task")
+    preprocess_batch_size: int = Field(
+        4,
+        ge=1,
+        description="sizes the tables manifest readers hand on (16x this, at most 4096 rows); the CPU stage "
+        "takes whole blocks of them and keeps preprocess.fetch.concurrency fetches in flight across a block",
+    )
     engine_batch_size: int = Field(32, ge=1, description="rows per engine call; keep >= max_num_seqs")
     engine_cpus: float = Field(1.0, ge=0, description="CPUs reserved for each engine actor")
     op_resource_reservation: bool = Field(

@@ -26,14 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from internvl_batch.status import Status
+from internvl_batch.status import SETTLED, Status
 from internvl_batch.storage import retry
 
 LEDGER = "_ledger"
 STATE = "_state"
 SUCCESS = "_SUCCESS"
 CHECKSUM_KEY = b"internvl_batch.shard_checksum"
-_KEY_COLUMNS = ["row", "task", "status", "run_id"]
+_KEY_COLUMNS = ["row", "task", "status", "run_id", "clip"]
 
 
 def new_run_id() -> str:
@@ -144,12 +144,17 @@ class OutputDir:
         entries = self.read_jsons([f"{LEDGER}/{s}.json" for s in shard_ids])
         return {name[len(LEDGER) + 1 : -len(".json")]: e for name, e in entries.items() if e is not None}
 
-    def write_ledger(self, shard: Any, tasks: list[str], counts: dict[str, dict[str, int]], run_id: str) -> None:
-        """The shard is done: every task's rows are in its parts (written before this)."""
+    def write_ledger(self, shard: Any, tasks: list[str], counts: dict[str, dict[str, int]], run_id: str,
+                     pairs: dict[str, int] | None = None) -> None:  # fmt: skip
+        """The shard is done: every task's rows are in its parts (written before this).
+        `counts`: output rows per task and status; `pairs`: (row, task) pairs per task, which
+        differ only for clips (several rows per pair; then verify checks pairs)."""
         entry = {
             "shard": shard.id, "path": shard.path, "index": shard.index, "row_start": shard.row_start,
             "rows": shard.rows, "checksum": shard.checksum, "tasks": tasks, "counts": counts, "run_id": run_id,
         }  # fmt: skip
+        if pairs is not None and any(pairs.get(t) != sum(counts.get(t, {}).values()) for t in tasks):
+            entry["pairs"] = pairs
         self.write_json(f"{LEDGER}/{shard.id}.json", entry)
 
     def remove_ledger(self, shard: str) -> None:
@@ -157,17 +162,17 @@ class OutputDir:
 
     # -- one shard's rows -------------------------------------------------------------
     def shard_keys(self, shard: str) -> pa.Table:
-        """(row, task, status, run_id, file, pos) of every row in the shard's parts."""
+        """(row, task, status, run_id, clip, file, pos) of every row in the shard's parts."""
         tables = []
         for path in self.part_files(shard):
-            t = self._read_part(path, pq.read_table, columns=_KEY_COLUMNS)
+            t = self._read_part(path, _read_keys)
             n = t.num_rows
             t = t.append_column("file", pa.array([path] * n, pa.string()))
             tables.append(t.append_column("pos", pa.array(np.arange(n), pa.int64())))
         if not tables:
             return pa.table(
-                {"row": pa.array([], pa.int64()), **{c: pa.array([], pa.string()) for c in _KEY_COLUMNS[1:]},
-                 "file": pa.array([], pa.string()), "pos": pa.array([], pa.int64())}
+                {"row": pa.array([], pa.int64()), **{c: pa.array([], pa.string()) for c in _KEY_COLUMNS[1:4]},
+                 "clip": pa.array([], pa.int32()), "file": pa.array([], pa.string()), "pos": pa.array([], pa.int64())}
             )  # fmt: skip
         return pa.concat_tables(tables)
 
@@ -186,21 +191,16 @@ class OutputDir:
         return sums
 
     def reconcile_shard(self, shard: str) -> tuple[int, pa.Table]:
-        """Keep one row per (row, task): ok beats a failure, then the newest run wins.
+        """Keep one answer per (row, task): ok beats a failure, then the newest run wins; for a
+        video with clips, all of the winning run's clip rows (one per clip) and no others.
         Returns (rows dropped, the keys that remain)."""
         keys = self.shard_keys(shard)
         if keys.num_rows == 0:
             return 0, keys
-        ranked = keys.append_column("ok", pc.equal(keys["status"], Status.OK.value)).sort_by(
-            [("row", "ascending"), ("task", "ascending"), ("ok", "descending"),
-             ("run_id", "descending"), ("file", "descending"), ("pos", "descending")]
-        )  # fmt: skip
-        rows, tasks = ranked["row"].to_numpy(), ranked["task"].to_numpy(zero_copy_only=False)
-        loser = np.zeros(len(rows), bool)
-        loser[1:] = (rows[1:] == rows[:-1]) & (tasks[1:] == tasks[:-1])
+        loser = _losers(keys)
         if not loser.any():
             return 0, keys
-        losers = ranked.filter(pa.array(loser))
+        losers = keys.filter(pa.array(loser))
         for path in set(losers["file"].to_pylist()):
             drop = pc.filter(losers["pos"], pc.equal(losers["file"], path)).to_numpy()
             table = self._read_part(path, pq.read_table)
@@ -209,7 +209,7 @@ class OutputDir:
                 self.write_atomic(path.rsplit("/", 1)[-1], kept)  # the schema keeps its checksum metadata
             else:
                 self.remove([path])
-        return int(loser.sum()), ranked.filter(pa.array(~loser)).drop_columns(["ok"])
+        return int(loser.sum()), keys.filter(pa.array(~loser))
 
     # -- the marker -------------------------------------------------------------------
     def holds_job_output(self) -> bool:
@@ -222,6 +222,61 @@ class OutputDir:
 
     def write_success(self, summary: dict[str, Any]) -> None:
         self.write_atomic(SUCCESS, json.dumps(summary, indent=2, sort_keys=True).encode())
+
+
+def _read_keys(f: Any) -> pa.Table:
+    """A part's key columns; parts written before clips existed have no clip column (all null)."""
+    names = pq.read_schema(f).names
+    f.seek(0)
+    t = pq.read_table(f, columns=[c for c in _KEY_COLUMNS if c in names])
+    if "clip" not in names:
+        t = t.append_column("clip", pa.nulls(t.num_rows, pa.int32()))
+    return t.select(_KEY_COLUMNS)
+
+
+def _losers(keys: pa.Table) -> np.ndarray:
+    """Which key rows a reconcile drops (see reconcile_shard), as a mask over `keys`."""
+    ok = pc.equal(keys["status"], Status.OK.value).to_numpy(zero_copy_only=False).astype(np.int8)
+    runs, files = _rank(keys["run_id"]), _rank(keys["file"])
+    # Per (row, task): ok first, then the newest run, then the later part file and row in it.
+    ranked = np.lexsort((-np.arange(keys.num_rows), -files, -runs, -ok, _rank(keys["task"]), keys["row"].to_numpy()))
+    rows, tasks = keys["row"].to_numpy()[ranked], _rank(keys["task"])[ranked]
+    clips = keys["clip"].fill_null(-1).to_numpy(zero_copy_only=False)[ranked]
+    group = np.cumsum(np.r_[True, (rows[1:] != rows[:-1]) | (tasks[1:] != tasks[:-1])]) - 1
+    first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    loser = runs[ranked] != runs[ranked][first][group]  # only the winning run's rows of a pair stay
+    # ...and one per clip, the first in rank order (rows without clips are clip -1: one per pair).
+    stay = np.flatnonzero(~loser)
+    by_clip = stay[np.lexsort((stay, clips[stay], group[stay]))]
+    repeat = (group[by_clip][1:] == group[by_clip][:-1]) & (clips[by_clip][1:] == clips[by_clip][:-1])
+    loser[by_clip[1:][repeat]] = True
+    mask = np.zeros(keys.num_rows, bool)
+    mask[ranked] = loser
+    return mask
+
+
+def _rank(column: pa.ChunkedArray) -> np.ndarray:
+    """Dense ranks of a string column (ascending): lexsort keys for strings."""
+    values = column.to_numpy(zero_copy_only=False).astype(str)
+    return np.unique(values, return_inverse=True)[1]
+
+
+def done_pairs(keys: pa.Table, settled_only: bool) -> set[tuple[int, str]]:
+    """The (row, task) pairs a shard's parts answer; with `settled_only`, only pairs all of
+    whose rows are settled (a video with one failed clip is redone whole)."""
+    pairs = set(zip(keys["row"].to_pylist(), keys["task"].to_pylist()))
+    if settled_only:
+        unsettled = keys.filter(pc.invert(pc.is_in(keys["status"], pa.array(sorted(SETTLED), pa.string()))))
+        pairs -= set(zip(unsettled["row"].to_pylist(), unsettled["task"].to_pylist()))
+    return pairs
+
+
+def pair_counts(keys: pa.Table) -> dict[str, int]:
+    """{task: distinct rows}: (row, task) pairs per task of a table with row and task columns."""
+    if not keys.num_rows:
+        return {}
+    grouped = keys.group_by("task").aggregate([("row", "count_distinct")])
+    return dict(zip(grouped["task"].to_pylist(), grouped["row_count_distinct"].to_pylist()))
 
 
 def status_counts(keys: pa.Table) -> dict[str, dict[str, int]]:

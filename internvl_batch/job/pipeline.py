@@ -12,13 +12,22 @@ from typing import Any
 from internvl_batch.config import JobConfig
 from internvl_batch.job.stages.base import StageResources
 
+# Blocks one CPU worker holds at once: the next block's fetches start while the last rows
+# of the current one are decoded (stages/prepare.py), so latency is not paid per block.
+PREPARE_BLOCKS_IN_FLIGHT = 2
+
 
 def stage_resources(cfg: JobConfig) -> dict[str, StageResources]:
     rt = cfg.runtime
     return {
         "read": StageResources(num_cpus=rt.reader_cpus, concurrency=rt.readers, batch_size=1),
+        # Whole blocks (batch_size None): a worker's fetch window spans every row it was
+        # handed, not preprocess_batch_size of them; it hands rows on as they are ready.
         "prepare": StageResources(
-            num_cpus=rt.cpus_per_worker, concurrency=rt.cpu_workers, batch_size=rt.preprocess_batch_size
+            num_cpus=rt.cpus_per_worker,
+            concurrency=rt.cpu_workers,
+            batch_size=None,
+            in_flight=PREPARE_BLOCKS_IN_FLIGHT,
         ),
         # One replica per actor: it asks for TP GPUs and vLLM spreads the model over the
         # GPUs Ray made visible to it; none with the CPU build.

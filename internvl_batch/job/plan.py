@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from internvl_batch.config import JobConfig
-from internvl_batch.job.output import STATE, OutputDir, shard_of_part, status_counts
+from internvl_batch.job.output import STATE, OutputDir, done_pairs, pair_counts, shard_of_part, status_counts
 from internvl_batch.job.readers import ManifestError, cut_shards, list_files, read_splits
 from internvl_batch.job.shards import ManifestFile, Shard
 from internvl_batch.job.sink import ShardTodo
@@ -204,14 +204,14 @@ def make_plan(cfg: JobConfig, out: OutputDir, mapper: Mapper = map, write: bool 
             todo[s.id] = ShardTodo(s, s.rows * len(tasks))
             with_output.discard(s.id)
         counts["redo"] = len(changed)
-    for s, (expected, by_task) in zip(resume, _resume(out, resume, tasks, cfg.runtime.retry_failed, write)):
+    for s, (expected, by_task, pairs) in zip(resume, _resume(out, resume, tasks, cfg.runtime.retry_failed, write)):
         if expected:
             todo[s.id] = ShardTodo(s, expected, resume=True)
             counts["resume"] += 1
         else:
             counts["done"] += 1
             if write:  # all its rows are there: a crash came between its last part and its entry
-                out.write_ledger(s, tasks, by_task, "resumed")
+                out.write_ledger(s, tasks, by_task, "resumed", pairs)
     todo = {s.id: todo[s.id] for s in shards if s.id in todo}  # manifest order
     resume_ids = {sid for sid, t in todo.items() if t.resume}
     splits = read_splits(files, [t.shard for t in todo.values()], resume_ids)
@@ -241,7 +241,7 @@ def _on_change(cfg: JobConfig, out: OutputDir, orphans: list[str], changed: list
 def _resume(out: OutputDir, shards: list[Shard], tasks: list[str], retry_failed: bool, write: bool):
     """Pairs still to do, per shard with some output; each reads its own parts only."""
 
-    def one(s: Shard) -> tuple[int, dict[str, dict[str, int]]]:
+    def one(s: Shard) -> tuple[int, dict[str, dict[str, int]], dict[str, int]]:
         if write:
             if retry_failed:
                 out.remove_ledger(s.id)  # first: a crash from here on leaves it partial, not done
@@ -250,12 +250,8 @@ def _resume(out: OutputDir, shards: list[Shard], tasks: list[str], retry_failed:
             keys = out.shard_keys(s.id)
         # Distinct pairs: a dry run reads parts unreconciled. Rows past an input.limit cut don't count.
         end = s.row_start + s.rows
-        done = {
-            (row, task)
-            for row, task, status in zip(keys["row"].to_pylist(), keys["task"].to_pylist(), keys["status"].to_pylist())
-            if row < end and task in tasks and (not retry_failed or status in SETTLED)
-        }
-        return s.rows * len(tasks) - len(done), status_counts(keys)
+        done = {(row, task) for row, task in done_pairs(keys, retry_failed) if row < end and task in tasks}
+        return s.rows * len(tasks) - len(done), status_counts(keys), pair_counts(keys)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, shards))

@@ -246,11 +246,9 @@ def verify(out: OutputDir, plan: Plan, tasks: list[str]) -> tuple[dict[str, int]
         entry = ledger.get(s.id)
         per_task = (entry or {}).get("counts", {})
         # An entry may cover more rows than this plan asks of the shard (a run with input.limit).
-        if (
-            entry is None
-            or entry["rows"] < s.rows
-            or any(sum(per_task.get(t, {}).values()) != entry["rows"] for t in tasks)
-        ):
+        # A pair has one row per task, or one per clip (then the entry counts its pairs).
+        pairs = (entry or {}).get("pairs") or {t: sum(per_task.get(t, {}).values()) for t in tasks}
+        if entry is None or entry["rows"] < s.rows or any(pairs.get(t) != entry["rows"] for t in tasks):
             bad.append(s.id)
             continue
         for t in tasks:

@@ -1,17 +1,27 @@
 """Sample video frames exactly as the model card's `load_video` does, with typed errors and limits."""
 
 import os
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from internvl_batch.media.errors import EmptyMedia, MediaNotFound, TooLarge, VideoDecodeError
+from internvl_batch.media.errors import (
+    DecodeError,
+    EmptyMedia,
+    MediaError,
+    MediaNotFound,
+    TooLarge,
+    VideoDecodeError,
+)
+from internvl_batch.media.loopback import loopback
+from internvl_batch.media.ranged import BytesObject, LocalFile, RangedObject
 
-VideoSource = bytes | str | os.PathLike[str] | IO[bytes]
+VideoSource = bytes | str | os.PathLike[str] | IO[bytes] | RangedObject | LocalFile
+_HEAD_BYTES = 64
+_PLAYLISTS = (b"#EXTM3U", b"ffconcat", b"v=0", b"<?xml", b"<MPD")
 
 
 class VideoConfig(BaseModel):
@@ -42,6 +52,34 @@ class VideoConfig(BaseModel):
         "Checked on the first sampled frame, before any other is decoded: a few KB of video can "
         "declare frames of hundreds of megapixels, and the sampled frames are held together.",
     )
+    max_bytes: int = Field(
+        16 * 1024**3,
+        gt=0,
+        description="Largest video object, in bytes (too_large beyond, checked from its size before reading). "
+        "Videos are read by range as the decoder seeks (16 MiB of one at most), never whole in memory, so this "
+        "can be large; fetch.max_bytes limits images (and videos from a server that ignores Range requests, "
+        "which are fetched whole as before).",
+    )
+    clip_s: float | None = Field(
+        None,
+        gt=0,
+        description="Cut each video row into clips of this many seconds, over the whole video (or the row's "
+        "start/end), the last clip cut at the video's end; each clip is sampled as the card samples "
+        "bound=(clip start, clip end) and gets its own output rows. A row's own clips column wins. "
+        "None: one window per row, as before.",
+    )
+    clip_stride_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds from one clip's start to the next (needs clip_s); None: clip_s, clips back to "
+        "back. Smaller than clip_s: overlapping clips.",
+    )
+
+    @model_validator(mode="after")
+    def _stride_needs_clips(self) -> "VideoConfig":
+        if self.clip_stride_s is not None and self.clip_s is None:
+            raise ValueError("clip_stride_s is set but clip_s is not: set the clip length too")
+        return self
 
 
 def get_index(bound: Any, fps: float, max_frame: int, first_idx: int = 0, num_segments: int = 32) -> np.ndarray:
@@ -60,6 +98,62 @@ def get_index(bound: Any, fps: float, max_frame: int, first_idx: int = 0, num_se
     return np.array([int(start_idx + (seg_size / 2) + np.round(seg_size * idx)) for idx in range(num_segments)])
 
 
+class OutsideVideo(VideoDecodeError):
+    """A window (bound or clip) that selects frames outside the video."""
+
+
+class Video:
+    """An open video: its frame count and rate (checked against the limits), and the card's
+    frames of any window of it. Several windows (clips) share one open reader."""
+
+    def __init__(self, vr: Any, label: str, limits: VideoConfig | None, io_error: Callable[[], MediaError | None]):
+        self.vr, self.label, self.limits, self._io_error = vr, label, limits, io_error
+        self.check_io()
+        self.num_frames = len(vr)
+        if self.num_frames == 0:
+            raise EmptyMedia(f"{label}: video has no frames")
+        self.fps = float(vr.get_avg_fps())
+        if limits is not None:
+            check_video_limits(self.num_frames, self.fps, limits, label)
+
+    @property
+    def duration_s(self) -> float:
+        """Frame count / average rate, the time base of the card's bounds (0 without a rate)."""
+        return self.num_frames / self.fps if self.fps > 0 else 0.0
+
+    def check_io(self) -> None:
+        """A storage error behind the decoder's reads wins over whatever it made of the cut
+        stream: the row is fetch_error, never frames from a partly read video."""
+        error = self._io_error()
+        if error is not None:
+            raise error
+
+    def indices(self, bound: Any, num_segments: int) -> list[int]:
+        """The card's frame indices for `bound` (its get_index); OutsideVideo if any is outside."""
+        indices = [int(i) for i in get_index(bound, self.fps, self.num_frames - 1, 0, num_segments)]
+        outside = [i for i in indices if not 0 <= i < self.num_frames]
+        if outside:
+            # The card would fail on these, or silently wrap negative ones to the end of the video.
+            raise OutsideVideo(
+                f"{self.label}: bound={bound} selects {len(outside)} frame indices outside the video "
+                f"(e.g. {outside[0]}; it has {self.num_frames} frames at {self.fps:g} fps)"
+            )
+        return indices
+
+    def frames(self, indices: list[int]) -> np.ndarray:
+        try:
+            frames = _read_frames(self.vr, indices, self.limits, self.label)
+        except DecodeError:
+            self.check_io()
+            raise
+        self.check_io()
+        return frames
+
+    def sample(self, bound: Any, num_segments: int) -> tuple[np.ndarray, list[int]]:
+        indices = self.indices(bound, num_segments)
+        return self.frames(indices), indices
+
+
 def sample_frames(
     source: VideoSource,
     bound: Any = None,
@@ -70,30 +164,85 @@ def sample_frames(
 ) -> tuple[np.ndarray, list[int]]:
     """The card's frames for `source`: uint8 RGB array (F, H, W, 3) and the frame indices.
 
-    `source` is the encoded video as bytes, a path, or a binary file-like object. Frames are
-    read one by one with `vr[i]`, as the card does; only the sampled frames are decoded.
-    `limits`: duration and frame count are checked before any frame is decoded, the frame
-    size on the first one (decord tells no size before decoding). `name` (the URL) names the
-    item in error messages.
+    `source` is the encoded video as bytes, a path, a binary file-like object, or a ranged
+    object (media/ranged.py). Frames are read one by one with `vr[i]`, as the card does;
+    only the sampled frames are decoded. `limits`: duration and frame count are checked
+    before any frame is decoded, the frame size on the first one (decord tells no size
+    before decoding). `name` (the URL) names the item in error messages.
     """
+    with open_video(source, name=name, limits=limits) as video:
+        return video.sample(bound, num_segments)
+
+
+@contextmanager
+def open_video(source: VideoSource, *, name: str = "", limits: VideoConfig | None = None) -> Iterator[Video]:
+    """An open `Video` on `source`. A local path is decoded from the file; anything else is
+    served to decord by range from this process (media/loopback.py), so a remote video is
+    never held whole in memory and an in-memory one is not written anywhere."""
     label = name or _label(source)
-    with _video_reader(source, label) as vr:
-        num_frames = len(vr)
-        if num_frames == 0:
-            raise EmptyMedia(f"{label}: video has no frames")
-        fps = float(vr.get_avg_fps())
-        if limits is not None:
-            check_video_limits(num_frames, fps, limits, label)
-        indices = [int(i) for i in get_index(bound, fps, num_frames - 1, first_idx=0, num_segments=num_segments)]
-        outside = [i for i in indices if not 0 <= i < num_frames]
-        if outside:
-            # The card would fail on these, or silently wrap negative ones to the end of the video.
-            raise VideoDecodeError(
-                f"{label}: bound={bound} selects {len(outside)} frame indices outside the video "
-                f"(e.g. {outside[0]}; it has {num_frames} frames at {fps:g} fps)"
-            )
-        frames = _read_frames(vr, indices, limits, label)
-    return frames, indices
+    video_reader, cpu = _decord()
+    if isinstance(source, LocalFile):
+        label, source = name or source.label, source.path
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        try:
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                head = f.read(_HEAD_BYTES)
+        except FileNotFoundError as exc:
+            raise MediaNotFound(f"{label}: no such file") from exc
+        if size == 0:
+            raise EmptyMedia(f"{label}: empty file (0 bytes)")
+        _refuse_playlists(head, label)
+        video = Video(_open_reader(video_reader, cpu, path, label), label, limits, lambda: None)
+        try:
+            yield video
+        finally:
+            video.vr = None
+        return
+    if hasattr(source, "read") and not hasattr(source, "size"):
+        source = source.read()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not source:
+            raise EmptyMedia(f"{label}: empty file (0 bytes)")
+        source = BytesObject(bytes(source), label)
+    with loopback().serve(source) as served:
+        try:
+            _refuse_playlists(served.reader.read(0, _HEAD_BYTES), label)
+            video = Video(_open_reader(video_reader, cpu, served.url, label), label, limits, lambda: served.error)
+        except DecodeError:
+            if served.error is not None:
+                raise served.error from None
+            raise
+        try:
+            yield video
+        finally:
+            video.vr = None  # decord closes its connection before the URL goes away
+
+
+def _refuse_playlists(head: bytes, label: str) -> None:
+    """FFmpeg follows what playlists and stream descriptions name (HLS, concat, DASH; an SDP
+    description, which it recognises by any "c=IN IP" line, makes it open RTP/UDP): a
+    "video" that is one would make the decoder reach past the fetch policy. Real video
+    containers are binary from their first bytes, so text is refused (the one text-headed
+    format, YUV4MPEG2, excepted)."""
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if text.startswith(_PLAYLISTS) or (_is_text(head) and not text.startswith(b"YUV4MPEG2 ")):
+        raise VideoDecodeError(
+            f"{label}: cannot open video: it is text ({text[:12]!r}...), not a video file; a playlist or stream "
+            "description would make the decoder open the URLs it names"
+        )
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 without control characters (but tab and line ends): no container's first bytes."""
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not merely a character cut at the end
+            return False
+        decoded = head[: e.start].decode("utf-8")
+    return bool(decoded) and not any(ord(c) < 32 and c not in "\t\r\n" or ord(c) == 127 for c in decoded)
 
 
 def _read_frames(vr: Any, indices: list[int], limits: VideoConfig | None, label: str) -> np.ndarray:
@@ -135,52 +284,28 @@ def _label(source: VideoSource) -> str:
         return os.fspath(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"<{len(source)} bytes>"
-    return "<video stream>"
+    return getattr(source, "label", None) or "<video stream>"
 
 
-@contextmanager
-def _video_reader(source: VideoSource, label: str) -> Iterator[Any]:
-    """A decord VideoReader on `source`; in-memory videos go through an unnamed-suffix temp file.
-
-    decord's own in-memory reader (file-like input) is avoided on purpose: on a truncated
-    AVI it segfaults the process (decord 0.6.0), and on bad input it dumps the bytes to the
-    console. Reading from a file, FFmpeg's own I/O is used, which fails cleanly. The temp
-    file has no suffix so FFmpeg probes the content, not a name.
-    """
+def _decord() -> tuple[Any, Any]:
     try:
         from decord import VideoReader, cpu
     except ImportError as exc:
         raise ImportError(
             "decoding video needs decord: pip install decord==0.6.0 (or the project's own dependencies)"
         ) from exc
-
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        try:
-            size = os.path.getsize(path)
-        except FileNotFoundError as exc:
-            raise MediaNotFound(f"{label}: no such file") from exc
-        if size == 0:
-            raise EmptyMedia(f"{label}: empty file (0 bytes)")
-        yield _open_reader(VideoReader, cpu, path, label)
-        return
-
-    data = source if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
-    if not data:
-        raise EmptyMedia(f"{label}: empty file (0 bytes)")
-    with tempfile.NamedTemporaryFile(prefix="internvl-video-") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        yield _open_reader(VideoReader, cpu, tmp.name, label)
+    return VideoReader, cpu
 
 
 def _open_reader(video_reader: Any, cpu: Any, path: str, label: str) -> Any:
+    """decord on a path or a loopback URL. Never decord's file-object input: it reads the
+    object whole into memory, and on a truncated AVI it segfaults the process (0.6.0)."""
     try:
         return video_reader(path, ctx=cpu(0), num_threads=1)
     except MemoryError:
         raise
     except Exception as exc:
-        # decord names the file it was given, which for in-memory input is a meaningless temp path.
+        # decord names the file it was given: for anything but a local path, a loopback URL.
         detail = _decord_message(exc).replace(path, "input")
         raise VideoDecodeError(f"{label}: cannot open video: {detail}") from exc
 

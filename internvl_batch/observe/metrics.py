@@ -169,6 +169,10 @@ class StepTimer:
         finally:  # a failed fetch took time too
             self._ms[step].append((time.perf_counter() - start) * 1000)
 
+    def add(self, step: str, ms: float) -> None:
+        """A step timed elsewhere (a fetch, in a fetch thread)."""
+        self._ms[step].append(ms)
+
     def flush(self) -> None:
         for step, values in self._ms.items():
             observe_ms(step, values)

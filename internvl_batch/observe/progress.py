@@ -77,7 +77,9 @@ class Progress:
 
     # -- fed by the control loop ---------------------------------------------------------
     def update(self, batch: pa.Table) -> None:
-        self.rows += batch.num_rows
+        # Row x task pairs, as the plan counts them: a video's clips are one pair per task.
+        pairs = batch.num_rows - int(pc.sum(pc.greater(batch["clip"], 0)).as_py() or 0)
+        self.rows += pairs
         for r in pc.value_counts(batch["status"]).to_pylist():
             self.counts[r["values"]] += r["counts"]
         self.tokens += _sum(batch["num_output_tokens"])
@@ -86,7 +88,7 @@ class Progress:
         self.stage_ms["engine"] += _sum(batch["engine_ms"])
         metrics.record_output(batch)
         if self.bar is not None:
-            self.bar.update(batch.num_rows)
+            self.bar.update(pairs)
 
     def observe(self, snapshot: dict[str, Any]) -> None:
         """The job monitor's latest snapshot (stage rows, counters, engine failures)."""

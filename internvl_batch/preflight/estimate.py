@@ -11,6 +11,7 @@ the configured replicas, assuming throughput scales with replicas and the CPU st
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections import Counter
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from internvl_batch.config import JobConfig
+from internvl_batch.job.clips import count_fixed_clips
 from internvl_batch.job.readers import (
     ManifestRow,
     check_prompt_columns,
@@ -32,7 +34,15 @@ from internvl_batch.job.readers import (
 from internvl_batch.job.readers.webdataset import samples as tar_samples
 from internvl_batch.job.shards import ManifestFile, Shard, is_record
 from internvl_batch.media.fetch import Fetcher
-from internvl_batch.media.headers import MAX_HEADER_BYTES, Header, _size, check_media, predict_tiles, read_header
+from internvl_batch.media.headers import (
+    MAX_HEADER_BYTES,
+    Header,
+    _size,
+    declared_duration,
+    predict_tiles,
+    read_header,
+    read_video_header,
+)
 from internvl_batch.media.tiling import split_tile_budget
 from internvl_batch.model.prompt_template import MissingValue
 from internvl_batch.model.prompts import NUM_IMAGE_TOKENS_PER_TILE, build_prompt
@@ -192,6 +202,7 @@ class PromptTokens:
 @dataclass
 class RowPlan:
     id: str
+    clips: int = 1  # output rows per task: a video's clips (job/clips.py), else 1
     tiles: int = 0
     status: dict[str, str] = field(default_factory=dict)  # per task
     prompt_tokens: dict[str, int] = field(default_factory=dict)  # per task, rows that reach the engine
@@ -229,9 +240,10 @@ def plan_row(row: ManifestRow, cfg: JobConfig, headers: dict[str, Header], token
     failed = (Status.INVALID_ROW, row.error) if row.error else None
     pre, model = cfg.preprocess, cfg.model
     if failed is None and row.video:
-        h = headers[row.video]  # only checked: frames come from the video's own index
+        h = headers[row.video]  # checked, and its declared duration: frames come from the video's own index
         failed = (h.status, h.error) if h.status != Status.OK else None
         per_image = (1,) * pre.video.num_segments  # one 448px tile per frame, as the card
+        plan.clips = _clips(row, h, pre.video)
     elif failed is None:
         budgets = [pre.max_num] if len(row.images) == 1 else split_tile_budget(len(row.images), pre.multi_image_max_num)
         per_image = ()
@@ -244,10 +256,11 @@ def plan_row(row: ManifestRow, cfg: JobConfig, headers: dict[str, Header], token
         if failed is None and len(per_image) > model.max_images_per_prompt:
             failed = (Status.TOO_LARGE, f"{len(per_image)} images exceed model.max_images_per_prompt")
     if failed is not None:
+        plan.clips = 1  # one failed row per task, whatever it would have been cut into
         plan.status = dict.fromkeys(tasks, failed[0].value)
         plan.error = failed[1]
         return plan
-    plan.tiles = sum(per_image)
+    plan.tiles = sum(per_image) * plan.clips
     media = "video" if row.video else "image"
     for task in cfg.task:
         question, system, _ = _row_question(row, task)  # prompts filled in from the row's columns
@@ -260,6 +273,17 @@ def plan_row(row: ManifestRow, cfg: JobConfig, headers: dict[str, Header], token
         over = n >= tokens.max_model_len or (limit is not None and n + task.sampling.max_tokens > limit)
         plan.status[task.name] = (Status.CONTEXT_OVERFLOW if over else Status.OK).value
     return plan
+
+
+def _clips(row: ManifestRow, header: Header, video: Any) -> int:
+    """A video row's clips: its own clips column, else the windows video.clip_s cuts from
+    the duration its container declares (MP4/MOV, AVI; 1 when it does not say)."""
+    if row.clips:
+        return len(row.clips)
+    if video.clip_s is None or not header.duration_s:
+        return 1
+    start, end = row.start or 0.0, header.duration_s if row.end is None else min(row.end, header.duration_s)
+    return count_fixed_clips(max(end - start, 0.0), video.clip_s, video.clip_stride_s)
 
 
 # -- rates --------------------------------------------------------------------------------------
@@ -328,6 +352,14 @@ class Preflight:
             f"pre-flight plan: model {c['model']}, {c['replicas']} replica(s) x {c['gpus_per_replica']} GPU(s), "
             f"tasks {', '.join(c['tasks'])}, preprocess.max_num={c['max_num']}, model.max_model_len={c['max_model_len']}",
             f"manifest: {self.rows:,} rows ({self.rows_how}) x {len(c['tasks'])} task(s) = {t['pairs']:,.0f} row x task pairs",
+            *(
+                [
+                    f"clips: videos cut into clips make {t['output_rows']:,.0f} output rows of those pairs "
+                    "(each row's clips column, or video.clip_s over the duration its container declares)"
+                ]
+                if t["output_rows"] > t["pairs"]
+                else []
+            ),  # fmt: skip
             f"sample: {self.sample_rows} rows, the first of {self.sample_files} file(s) spread over the manifest; "
             "image headers only (nothing downloaded whole or decoded)",
             "predicted status (row x task): " + ", ".join(f"{k} {v:.1%}" for k, v in self.status.items()),
@@ -376,15 +408,16 @@ def plan_rows(cfg: JobConfig, sample: list[ManifestRow], tokens: PromptTokens | 
     ok = [r for r in sample if not r.error]
     # Embedded media: their own bytes (nothing fetched); the rest by URL.
     embedded = {n: b for r in ok for n, b in zip(r.images, r.image_bytes or ()) if b is not None}
-    embedded_videos = {r.video for r in ok if r.video_bytes is not None}
+    embedded_videos = {r.video: r.video_bytes for r in ok if r.video_bytes is not None}
     images = sorted({u for r in ok for u in r.images} - set(embedded))
-    videos = sorted({r.video for r in ok if r.video} - embedded_videos)
+    videos = sorted({r.video for r in ok if r.video} - set(embedded_videos))
     with ThreadPoolExecutor(max_workers=16) as pool:
         # One Fetcher per thread is the rule for fetch(); check() and filesystem_options() keep no state.
         headers = dict(zip(images, pool.map(lambda u: read_header(u, fetcher, cfg.preprocess.decode), images)))
-        headers.update(zip(videos, pool.map(lambda u: check_media(u, fetcher), videos)))
+        limit = cfg.preprocess.video.max_bytes
+        headers.update(zip(videos, pool.map(lambda u: read_video_header(u, fetcher, limit), videos)))
     headers.update({n: _embedded_header(n, b, cfg) for n, b in embedded.items()})
-    headers.update(dict.fromkeys(embedded_videos, Header()))
+    headers.update({n: Header(duration_s=declared_duration(io.BytesIO(b))) for n, b in embedded_videos.items()})
     tokens = tokens or PromptTokens(cfg)
     return [plan_row(r, cfg, headers, tokens) for r in sample]
 
@@ -408,11 +441,12 @@ def make_preflight(cfg: JobConfig, n: int = SAMPLE_ROWS, rates: Rates | None = N
     tiles_per_row = sum(p.tiles for p in plans) / m
     totals = {
         "pairs": float(rows * len(tasks)),
+        "output_rows": rows * len(tasks) * sum(p.clips for p in plans) / m,  # a clip is a row of its own
         "tiles": rows * tiles_per_row,
         "vision_tokens": rows * tiles_per_row * NUM_IMAGE_TOKENS_PER_TILE,
         # Rows that fail before the engine cost no tokens; overflowing ones are refused there.
-        "prompt_tokens": rows * sum(p.prompt_tokens[t] for p, t in engine_pairs) / m,
-        "output_tokens": rows * sum(out_per_row[t] for _, t in engine_pairs) / m,
+        "prompt_tokens": rows * sum(p.prompt_tokens[t] * p.clips for p, t in engine_pairs) / m,
+        "output_tokens": rows * sum(out_per_row[t] * p.clips for p, t in engine_pairs) / m,
     }
     replicas, gpus = cfg.runtime.replicas, (cfg.model.tensor_parallel_size if cfg.runtime.use_gpu else 0)
     estimate, note = None, "give a rate: --pairs-per-s, --tokens-per-s or --from-run OUTPUT_PATH"
@@ -421,8 +455,9 @@ def make_preflight(cfg: JobConfig, n: int = SAMPLE_ROWS, rates: Rates | None = N
             replica_s = (totals["prompt_tokens"] + totals["output_tokens"]) / rates.tokens_per_s
             note = f"{rates.tokens_per_s:,.1f} prompt+output tokens/s per replica from {rates.source}"
         elif rates.pairs_per_s:
-            replica_s = totals["pairs"] / rates.pairs_per_s
-            note = f"{rates.pairs_per_s:,.3f} row x task pairs/s per replica from {rates.source}"
+            replica_s = totals["output_rows"] / rates.pairs_per_s  # the same as pairs but for clips
+            unit = "row x task pairs" if totals["output_rows"] == totals["pairs"] else "output rows"
+            note = f"{rates.pairs_per_s:,.3f} {unit}/s per replica from {rates.source}"
         else:
             replica_s = None
         if replica_s is not None:

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 
-from benchmarks import common, engine, engine_feed, peers, scale, suite
+from benchmarks import common, engine, engine_feed, fetch_latency, peers, scale, suite
 
-PARSERS = {"engine.py": engine, "engine_feed.py": engine_feed, "peers.py": peers, "scale.py": scale}
+PARSERS = {"engine.py": engine, "engine_feed.py": engine_feed, "fetch_latency.py": fetch_latency, "peers.py": peers,
+           "scale.py": scale}  # fmt: skip
 
 
 def _results(rows=suite.ROWS, exit_code=0) -> dict:

@@ -21,13 +21,15 @@ import pytest
 from internvl_batch.job.output import (
     CHECKSUM_KEY,
     OutputDir,
+    done_pairs,
     new_run_id,
+    pair_counts,
     part_name,
     shard_of_part,
     status_counts,
 )
 from internvl_batch.job.shards import Shard
-from internvl_batch.records import output_schema
+from internvl_batch.records import CLIP_COLUMNS, output_schema
 from internvl_batch.status import Status
 from tests.support.results import RUN1, RUN2, RUN3, read_parts, result, table, write_part
 
@@ -199,18 +201,18 @@ def test_ledger(out):
 
 def test_shard_keys_and_checksums(out):
     empty = out.shard_keys(SHARD)
-    assert empty.num_rows == 0 and empty.column_names == ["row", "task", "status", "run_id", "file", "pos"]
+    assert empty.num_rows == 0 and empty.column_names == ["row", "task", "status", "run_id", "clip", "file", "pos"]
     assert out.part_checksums(SHARD) == set()
     a = write_part(out, SHARD, RUN1, 0, [result(SHARD, r, "caption", RUN1) for r in (0, 1, 2)], "c-old")
     b = write_part(out, SHARD, RUN2, 0, [result(SHARD, 1, t, RUN2, Status.FETCH_ERROR) for t in ("qa", "x")], "c-new")
     write_part(out, OTHER, RUN1, 0, [result(OTHER, 9, "caption", RUN1)], "c-other")
     keys = out.shard_keys(SHARD).to_pylist()
     assert keys == [
-        {"row": 0, "task": "caption", "status": "ok", "run_id": RUN1, "file": a, "pos": 0},
-        {"row": 1, "task": "caption", "status": "ok", "run_id": RUN1, "file": a, "pos": 1},
-        {"row": 2, "task": "caption", "status": "ok", "run_id": RUN1, "file": a, "pos": 2},
-        {"row": 1, "task": "qa", "status": "fetch_error", "run_id": RUN2, "file": b, "pos": 0},
-        {"row": 1, "task": "x", "status": "fetch_error", "run_id": RUN2, "file": b, "pos": 1},
+        {"row": 0, "task": "caption", "status": "ok", "run_id": RUN1, "clip": None, "file": a, "pos": 0},
+        {"row": 1, "task": "caption", "status": "ok", "run_id": RUN1, "clip": None, "file": a, "pos": 1},
+        {"row": 2, "task": "caption", "status": "ok", "run_id": RUN1, "clip": None, "file": a, "pos": 2},
+        {"row": 1, "task": "qa", "status": "fetch_error", "run_id": RUN2, "clip": None, "file": b, "pos": 0},
+        {"row": 1, "task": "x", "status": "fetch_error", "run_id": RUN2, "clip": None, "file": b, "pos": 1},
     ]
     assert out.part_checksums(SHARD) == {"c-old", "c-new"}
     assert out.part_checksums(OTHER) == {"c-other"}
@@ -327,6 +329,51 @@ def test_reconcile_matches_the_reference(out, seed):
     after = read_parts(out, SHARD)
     assert {(r["row"], r["task"], r["status"], r["run_id"], r["error"]) for r in after} == expected
     assert len(after) == len(expected) == total - dropped == keys.num_rows
+
+
+def clip(row: int, c: int, n: int, run: str, status: Status = Status.OK, task: str = "caption") -> dict:
+    return result(SHARD, row, task, run, status, clip=c, clip_start=float(c), clip_end=c + 1.0, num_clips=n)
+
+
+def test_reconcile_keeps_the_winning_runs_clips_one_per_clip(out):
+    write_part(out, SHARD, RUN1, 0, [
+        clip(0, 0, 3, RUN1), clip(0, 1, 3, RUN1, Status.FETCH_ERROR), clip(0, 2, 3, RUN1),  # a clip failed...
+        result(SHARD, 1, "caption", RUN1, Status.FETCH_ERROR),  # the whole video failed
+        clip(2, 0, 2, RUN1), clip(2, 1, 2, RUN1),
+    ], "c")  # fmt: skip
+    write_part(out, SHARD, RUN2, 0, [
+        clip(0, 0, 3, RUN2), clip(0, 1, 3, RUN2), clip(0, 2, 3, RUN2),  # ...retried: the whole pair again
+        clip(1, 0, 2, RUN2), clip(1, 1, 2, RUN2),  # retried: it opened this time
+        result(SHARD, 2, "caption", RUN2, Status.FETCH_ERROR),  # ok beats a newer failure
+    ], "c")  # fmt: skip
+    write_part(out, SHARD, RUN2, 1, [clip(0, 1, 3, RUN2)], "c")  # a repeat within the run
+    dropped, keys = out.reconcile_shard(SHARD)
+    got = sorted((r["row"], r["clip"], r["run_id"], r["status"]) for r in read_parts(out, SHARD))
+    assert got == [(0, 0, RUN2, "ok"), (0, 1, RUN2, "ok"), (0, 2, RUN2, "ok"), (1, 0, RUN2, "ok"), (1, 1, RUN2, "ok"),
+                   (2, 0, RUN1, "ok"), (2, 1, RUN1, "ok")]  # fmt: skip
+    assert dropped == 3 + 1 + 1 + 1 == 13 - keys.num_rows
+    assert out.reconcile_shard(SHARD)[0] == 0
+
+
+def test_done_pairs_and_pair_counts_with_clips(out):
+    write_part(out, SHARD, RUN1, 0, [
+        clip(0, 0, 2, RUN1), clip(0, 1, 2, RUN1, Status.DECODE_ERROR),  # one clip unsettled: redo the pair
+        clip(1, 0, 2, RUN1), clip(1, 1, 2, RUN1, Status.INVALID_ROW),  # past the end: settled
+        result(SHARD, 2, "caption", RUN1, Status.ENGINE_ERROR), result(SHARD, 2, "qa", RUN1),
+    ], "c")  # fmt: skip
+    keys = out.shard_keys(SHARD)
+    assert done_pairs(keys, settled_only=False) == {(0, "caption"), (1, "caption"), (2, "caption"), (2, "qa")}
+    assert done_pairs(keys, settled_only=True) == {(1, "caption"), (2, "qa")}
+    assert pair_counts(keys) == {"caption": 3, "qa": 1}
+    assert status_counts(keys)["caption"] == {"ok": 2, "decode_error": 1, "invalid_row": 1, "engine_error": 1}
+
+
+def test_parts_written_before_clips_existed_read_as_rows_without_clips(out):
+    old = table([result(SHARD, r, "caption", RUN1) for r in (0, 1)]).drop_columns(list(CLIP_COLUMNS))
+    out.write_atomic(part_name(SHARD, RUN1, 0), old, metadata={CHECKSUM_KEY: b"c"})
+    write_part(out, SHARD, RUN2, 0, [result(SHARD, 1, "caption", RUN2)], "c")
+    assert out.shard_keys(SHARD)["clip"].to_pylist() == [None, None, None]
+    assert out.reconcile_shard(SHARD)[0] == 1
 
 
 # -- the marker -------------------------------------------------------------------------------

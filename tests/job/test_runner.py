@@ -295,3 +295,57 @@ def test_killed_job_resumes_exactly_once(tmp_path, ray_cluster, where):
     assert all((out / n).read_bytes() == data for n, data in killed.items())  # earlier parts untouched
     _assert_exactly_once(_output(out), _keys(rows))
     assert json.loads((out / "_SUCCESS").read_text())["status_counts"] == {"ok": 240}
+
+
+# -- clips, with the real CPU stage ---------------------------------------------------------------
+
+
+def test_clips_exactly_once_after_a_kill_mid_video(tmp_path, ray_cluster):
+    """Video rows of 5 clips (the last past the end), killed while their clips are in flight:
+    no part holds part of a (row, task) pair, and the rerun writes each (id, clip, task) once."""
+    video = str(write_sample_video(tmp_path / "v.mp4", frames=48, fps=12.0))  # 4 s
+    clips = [[0, 1], [1, 2], [2, 3], [3, 4], [4.5, 5]]
+    rows = [{"id": f"v{i}", "video": video, "clips": clips, "question": "What moves?"} for i in range(6)]
+    for i in range(6):
+        sample_image(seed=i, size=(64, 48)).save(tmp_path / f"{i}.png")
+        rows.insert(2 * i, {"id": f"i{i}", "image": str(tmp_path / f"{i}.png"), "question": "What?"})
+    manifest = _write_jsonl(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "out"
+    job = _plane_job(tmp_path, manifest, output={"rows_per_file": 4, "flush_interval_s": 0.2},
+                     preprocess={"max_num": 1, "video": {"num_segments": 2}},
+                     runtime={"engine_batch_size": 3, "engine_batches_in_flight": 1})  # fmt: skip
+    job["input"]["shard_rows"] = 6
+    cfg_path = tmp_path / "job.yaml"
+    cfg_path.write_text(yaml.safe_dump(job))
+    env = {**os.environ, "INTERNVL_TEST_DELAY_S": "0.7", "INTERNVL_TEST_REAL_PREPARE": "1"}
+    proc = _run_killable(cfg_path, env)
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            if any(r.get("clip") is not None for r in _output(out)):
+                break  # clip rows are coming out: more are in flight
+            time.sleep(0.1)
+        assert proc.poll() is None, "the job ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    killed = _output(out)
+    by_pair = Counter((r["id"], r["task"]) for r in killed if r["id"].startswith("v"))
+    assert by_pair and all(n == 5 for n in by_pair.values()), by_pair  # whole pairs only
+    assert len(by_pair) < 12  # and some pairs were still to come
+
+    resumed = run_job(JobConfig.model_validate(job), stages=stand_in.MEDIA_STAGES)
+    assert resumed.finished
+    got = _output(out)
+    keys = Counter((r["id"], r["clip"], r["task"]) for r in got)
+    assert all(n == 1 for n in keys.values()), [k for k, n in keys.items() if n > 1][:5]
+    expected = {(f"v{i}", c, t) for i in range(6) for c in range(5) for t in ("caption", "qa")}
+    expected |= {(f"i{i}", None, t) for i in range(6) for t in ("caption", "qa")}
+    assert set(keys) == expected
+    past = [r for r in got if r["clip"] == 4]
+    assert {r["status"] for r in past} == {"invalid_row"} and "clip 4 [4.5, 5] s is past the video's end" in past[0][
+        "error"
+    ]
+    assert all(r["status"] == "ok" and r["num_clips"] == 5 for r in got if r["clip"] in (0, 1, 2, 3))
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert success["status_counts"] == {"ok": 12 + 48, "invalid_row": 12}

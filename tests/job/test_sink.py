@@ -263,3 +263,57 @@ def test_resume_counts_earlier_rows_and_supersedes_retried_failures(out):
     entry = out.read_ledger([A.id])[A.id]
     assert entry["counts"] == counts_of(list(final.values())) and entry["run_id"] == RUN2
     assert out.part_checksums(A.id) == {A.checksum}
+
+
+# -- clips: several rows per pair --------------------------------------------------------------
+
+
+def clip_rows(shard: Shard, row: int, n: int, run_id: str = RUN1, tasks=TASKS, status=Status.OK) -> list[dict]:
+    return [
+        result(shard.id, row, t, run_id, status, clip=c, clip_start=2.0 * c, clip_end=2.0 * c + 2, num_clips=n)
+        for c in range(n) for t in tasks
+    ]  # fmt: skip
+
+
+def test_clip_rows_are_one_pair_each_and_exactly_once(out):
+    sink = make_sink(out, fresh(A), rows_per_file=2)
+    video = clip_rows(A, 0, 4)  # row 0 is a video of 4 clips: 8 rows for its 2 pairs
+    others = rows_of(A, pairs(A)[2:])
+    sink.add(table(video[:3] + others[:3]))
+    sink.add(table(video[1:5] + video[:1]))  # repeats across and within batches
+    sink.flush_all()
+    # A part never holds part of a pair: no clip row of row 0 is written while some are missing.
+    assert sorted((r["row"], r["task"]) for r in read_parts(out, A.id)) == [(1, "caption"), (1, "qa"), (2, "caption")]
+    assert sink.duplicates_dropped == 3
+    sink.add(table(video[5:] + video[6:] + others[3:]))
+    assert sink.unfinished() == [] and sink.duplicates_dropped == 5
+    got = read_parts(out, A.id)
+    assert sorted((r["row"], r["clip"], r["task"]) for r in got) == sorted(
+        [(0, c, t) for c in range(4) for t in TASKS] + [(r, None, t) for r, t in pairs(A)[2:]],
+        key=str,
+    )
+    entry = out.read_ledger([A.id])[A.id]
+    assert entry["counts"] == {"caption": {"ok": 8}, "qa": {"ok": 8}}  # rows, clips counted
+    assert entry["pairs"] == {"caption": 5, "qa": 5}  # what verify checks against the shard's rows
+
+
+def test_a_run_that_ends_mid_video_commits_none_of_its_clips(out):
+    sink = make_sink(out, fresh(A), rows_per_file=1, flush_interval_s=0)
+    video = clip_rows(A, 3, 5)  # clip 0 caption, clip 0 qa, clip 1 caption, ...
+    sink.add(table(video[:7] + rows_of(A, [(0, "caption")])))  # clips 0-3 of caption, 0-2 of qa
+    sink.flush_due()
+    sink.flush_all()  # what a run does when it ends early
+    assert [(r["row"], r["task"]) for r in read_parts(out, A.id)] == [(0, "caption")]
+    assert out.ledger_ids() == []
+
+
+def test_a_whole_video_failure_voids_its_pending_clips(out):
+    """A re-run task failed to open the video where the first attempt had delivered clips."""
+    sink = make_sink(out, fresh(B))
+    partial = clip_rows(B, 5, 3)[:2]  # clip 0, both tasks
+    failed = [result(B.id, 5, t, RUN2, Status.FETCH_ERROR) for t in TASKS]
+    late = clip_rows(B, 5, 3)[2:]  # clips 1 and 2 of the first attempt, after the failure
+    sink.add(table(partial + failed + late + rows_of(B, pairs(B)[2:])))
+    assert sink.unfinished() == [] and sink.duplicates_dropped == 2 + 4
+    video = [r for r in read_parts(out, B.id) if r["row"] == 5]
+    assert [(r["clip"], r["status"]) for r in video] == [(None, Status.FETCH_ERROR)] * 2

@@ -7,9 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from decord import VideoReader
 from PIL import Image
 
 from internvl_batch.cli import main
+from internvl_batch.devtools.sample_media import write_large_video, write_sample_video
+from internvl_batch.job.clips import fixed_clips
 from internvl_batch.job.readers import list_files
 from internvl_batch.media.headers import predict_tiles
 from internvl_batch.model.check import inspect_model
@@ -185,3 +188,29 @@ def test_embedded_images_and_filled_in_prompts(tmp_path):
     bad = cfg.model_validate({**cfg.model_dump(), "task": [{"name": "ask", "prompt": "Is it a {lable}?"}]})
     with pytest.raises(ManifestError, match=r"task 'ask': its prompt names column\(s\) \['lable'\]"):
         make_preflight(bad)
+
+
+def test_plan_counts_clips_from_the_column_and_from_declared_durations(tmp_path):
+    mp4 = write_sample_video(tmp_path / "v.mp4", frames=60, fps=12.0)  # 5 s, moov last
+    avi = write_large_video(tmp_path / "v.avi", 8 * 1024**2, frame=(160, 120))  # MJPEG AVI
+    rows = [
+        {"id": "own", "video": str(mp4), "clips": [[0, 1], [1, 2], [2, 3]], "question": "q"},
+        {"id": "mp4", "video": str(mp4), "question": "q"},
+        {"id": "avi", "video": str(avi), "question": "q"},
+        {"id": "img", "image": str(tmp_path / "nope.jpg"), "question": "q"},  # fetch_error: one row per task
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = jobs.job_config(path, tmp_path / "out", str(tmp_path / "no-model"),
+                          preprocess={"video": {"num_segments": 4, "clip_s": 2.0}})  # fmt: skip
+    vr = VideoReader(str(avi))
+    avi_clips = len(fixed_clips(len(vr) / vr.get_avg_fps(), 2.0, None))  # what the job will cut
+    fs, files = list_files(cfg.input)
+    sample, _ = preflight.sample_rows(cfg, fs, files, 10, preflight.count_rows(cfg, fs, files)[2])
+    by_id = {p.id: p for p in preflight.plan_rows(cfg, sample)}
+    assert {k: p.clips for k, p in by_id.items()} == {"own": 3, "mp4": 3, "avi": avi_clips, "img": 1}
+    assert avi_clips > 3 and by_id["own"].tiles == by_id["mp4"].tiles == 3 * 4
+    plan = make_preflight(cfg, rates=Rates("flags", pairs_per_s=2.0))
+    assert plan.totals["pairs"] == 8 and plan.totals["output_rows"] == 2 * (3 + 3 + avi_clips + 1)
+    assert f"clips: videos cut into clips make {plan.totals['output_rows']:,.0f} output rows" in plan.text()
+    assert plan.estimate["replica_hours"] == pytest.approx(plan.totals["output_rows"] / 2.0 / 3600)

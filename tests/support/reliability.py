@@ -37,12 +37,11 @@ def no_sdk_retries() -> None:
 
 def measured_prepare(rss_dir: str) -> type:
     class MeasuredPrepare(PrepareStage):
-        def process(self, batch):
-            out = super().process(batch)
+        def __call__(self, batch):
+            yield from super().__call__(batch)  # what Ray Data runs: tables as rows get ready
             # ru_maxrss: the worker's peak resident set since it started (KiB on Linux).
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             Path(rss_dir, f"{os.getpid()}.kib").write_text(str(peak))
-            return out
 
     return MeasuredPrepare
 

@@ -18,7 +18,7 @@ from internvl_batch.job.output import CHECKSUM_KEY, OutputDir, part_name
 from internvl_batch.job.plan import Plan, make_plan
 from internvl_batch.job.sink import ShardSink
 from internvl_batch.job.stages.read import ReadStage
-from internvl_batch.records import output_schema, passthrough_field
+from internvl_batch.records import CLIP_COLUMNS, output_schema, passthrough_field
 from internvl_batch.status import Status
 
 RUN1 = "20240101T000000Z-aaaaaaaa"
@@ -45,7 +45,7 @@ def result(
         "preprocess_ms": 1.5 if ok else None, "engine_ms": 2.5 if ok else None, "shard": shard, "row": row,
         "responses": [f"answer {row}/{task}"] if ok else None, "finish_reasons": ["stop"] if ok else None,
         "output_token_counts": [1 + row % 5] if ok else None,
-        **{c: f"{c}-{row}" for c in passthrough}, **kw,
+        **dict.fromkeys(CLIP_COLUMNS), **{c: f"{c}-{row}" for c in passthrough}, **kw,
     }  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Stand-in stages for data-plane tests: they run inside the real Ray Data pipeline but do
-no media or model work, so a test can push hundreds of rows through real readers, the
-real sink and real part files in seconds. Not a mock of the engine's behaviour: a test
+no media or model work (MEDIA_STAGES keeps the real CPU stage), so a test can push
+hundreds of rows through real readers, the real sink and real part files in seconds. Not a mock of the engine's behaviour: a test
 that needs that uses the real vLLM engine.
 
 A row whose question is `fail-unless:<path>` fails in the engine stage (engine_error)
@@ -15,7 +15,7 @@ import os
 import pyarrow as pa
 
 from internvl_batch.job.stages.base import AsyncStage, Stage
-from internvl_batch.records import output_schema, passthrough_field, prepared_schema
+from internvl_batch.records import CLIP_COLUMNS, output_schema, passthrough_field, prepared_schema
 from internvl_batch.status import Status
 
 
@@ -61,13 +61,15 @@ class EchoInference(AsyncStage):
                     "finish_reason": "stop" if response else None, "num_prompt_tokens": 1,
                     "num_output_tokens": 1 if response else None, "num_tiles": 1, "media": r["media"],
                     "model": "echo", "run_id": self.run_id, "preprocess_ms": 0.0, "engine_ms": 0.0,
-                    "shard": r["shard"], "row": r["row"],
+                    "shard": r["shard"], "row": r["row"], **{c: r.get(c) for c in CLIP_COLUMNS},
                     **{c: r[passthrough_field(c)] for c in self.passthrough},
                 })  # fmt: skip
         return pa.Table.from_pylist(out, schema=self.schema)
 
 
 STAGES = {"prepare": NoMediaPrepare, "inference": EchoInference}
+# The real CPU stage (media, videos, clips) before the stand-in engine.
+MEDIA_STAGES = {"inference": EchoInference}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     cloudpickle.register_pickle_by_value(me)  # Ray workers need not find `tests` on their path
     args = argv if argv is not None else sys.argv[1:]
     sets = [a.split("=", 1)[1] if a.startswith("--set=") else a for a in args[1:] if a != "--set"]
-    summary = run_job(load_config(args[0], sets), stages=STAGES)
+    stages = MEDIA_STAGES if os.environ.get("INTERNVL_TEST_REAL_PREPARE") else STAGES
+    summary = run_job(load_config(args[0], sets), stages=stages)
     return 0 if summary.finished else 1
 
 

@@ -163,8 +163,10 @@ def sample_manifest(cfg: Any, preprocess: Any, n: int = 20) -> str:
             urls = [u for u, b in zip(row.images, embedded) if b is None] if row.images else []
             if row.video and row.video_bytes is None:
                 urls = [row.video]
+            # videos are read by range: their own limit
+            limit = (preprocess.video.max_bytes, "video.max_bytes") if row.video else (None, "fetch.max_bytes")
             for url in urls:
-                problem = fetcher.check(url)
+                problem = fetcher.check(url, *limit)
                 if problem:
                     break
         lines.append(f"  {row.id}: {row.media} {'ok' if problem is None else 'PROBLEM: ' + problem}")

@@ -11,6 +11,7 @@ pass behave the same whatever the input is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ class ManifestRow:
     video_bytes: bytes | None = None
     start: float | None = None
     end: float | None = None
+    clips: list[list[float]] | None = None  # windows of a video, each its own output row per task
     question: str | None = None
     passthrough: dict[str, str | None] = field(default_factory=dict)
     values: dict[str, str | None] = field(default_factory=dict)  # columns the tasks' prompt templates name
@@ -45,12 +47,10 @@ class ManifestRow:
 
     def item(self, tasks: list[str], shard: str, row: int) -> dict[str, Any]:
         """This row as an ITEM record (records.py) with the tasks left to do for it."""
-        import json
-
         return {
             "shard": shard, "row": row, "id": self.id, "images": self.images or None,
             "image_bytes": self.image_bytes if self.images else None, "video": self.video,
-            "video_bytes": self.video_bytes, "start": self.start, "end": self.end, "question": self.question,
+            "video_bytes": self.video_bytes, "start": self.start, "end": self.end, "clips": self.clips, "question": self.question,
             "media": self.media, "tasks": tasks,
             "status": Status.OK if self.error is None else Status.INVALID_ROW, "error": self.error,
             "prompt_values": json.dumps(self.values) if self.values else None, "request": self.request,

@@ -24,6 +24,7 @@ import json
 import math
 from typing import Any
 
+from internvl_batch.job.clips import parse_clips
 from internvl_batch.job.readers.base import ManifestRow
 
 _BYTES = (bytes, bytearray, memoryview)
@@ -131,6 +132,7 @@ def parse_row(rec: dict[str, Any], cfg: Any, fallback_id: str, columns: tuple[st
         row.end = _number(rec.get(cfg.end_column), cfg.end_column)
         if row.start is not None and row.end is not None and row.end <= row.start:
             raise ValueError(f"{cfg.end_column}={row.end} is not after {cfg.start_column}={row.start}")
+        row.clips = parse_clips(rec.get(cfg.clips_column), row.video, row.start, row.end)
         q = rec.get(cfg.question_column)
         row.question = None if missing(q) else str(q)
     except ValueError as e:

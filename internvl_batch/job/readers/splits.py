@@ -31,7 +31,7 @@ def split_of(file: ManifestFile, shards: list[Shard], **extra: Any) -> dict[str,
 def needed_columns(cfg: Any, columns: tuple[str, ...]) -> list[str]:
     """The manifest columns the job reads (a columnar reader reads only these)."""
     return [cfg.id_column, cfg.image_column, cfg.video_column, cfg.question_column, cfg.start_column,
-            cfg.end_column, *cfg.passthrough, *columns]  # fmt: skip
+            cfg.end_column, cfg.clips_column, *cfg.passthrough, *columns]  # fmt: skip
 
 
 def split_rows(

@@ -22,7 +22,7 @@ Batch = Any  # a pyarrow.Table: stages read and write Arrow with explicit schema
 class StageResources:
     num_cpus: float
     concurrency: int
-    batch_size: int
+    batch_size: int | None  # None: whole blocks
     num_gpus: int = 0
     in_flight: int = 1  # batches one actor works on at once (async stages)
     env: tuple[tuple[str, str], ...] = ()  # environment variables of the stage's actor processes

@@ -29,7 +29,7 @@ from internvl_batch.engines.base import run_requests
 from internvl_batch.job.stages.base import AsyncStage, Batch
 from internvl_batch.model.prompts import build_prompt
 from internvl_batch.observe import metrics
-from internvl_batch.records import output_schema, passthrough_field, tiles_from_bytes
+from internvl_batch.records import CLIP_COLUMNS, output_schema, passthrough_field, tiles_from_bytes
 from internvl_batch.status import Status
 
 log = logging.getLogger("internvl_batch")
@@ -105,7 +105,7 @@ class InferenceStage(AsyncStage):
         except ValueError as e:
             return EngineResult.failed(rid, Status.INVALID_ROW, str(e))
         tiles = tiles_from_bytes(row["tiles"], row["tiles_per_image"])
-        return EngineRequest(id=rid, prompt=prompt, tiles=tiles, sampling=sampling, media_key=row["id"])
+        return EngineRequest(id=rid, prompt=prompt, tiles=tiles, sampling=sampling, media_key=_media_key(row))
 
     def _output_row(self, row: dict[str, Any], task: str, res: EngineResult, engine_ms: float | None) -> dict:
         return {
@@ -114,7 +114,7 @@ class InferenceStage(AsyncStage):
             "num_prompt_tokens": res.num_prompt_tokens, "num_output_tokens": res.num_output_tokens,
             "num_tiles": sum(row["tiles_per_image"]), "media": row["media"], "model": self.model_name,
             "run_id": self.run_id, "preprocess_ms": row["preprocess_ms"], "engine_ms": engine_ms,
-            "shard": row["shard"], "row": row["row"], **_answers(res),
+            "shard": row["shard"], "row": row["row"], **_answers(res), **_clip(row),
             **{c: row[passthrough_field(c)] for c in self.passthrough},
         }  # fmt: skip
 
@@ -175,3 +175,13 @@ def _answers(res: EngineResult) -> dict[str, Any]:
                 "output_token_counts": list(res.output_token_counts)}  # fmt: skip
     return {"responses": [res.text], "finish_reasons": [res.finish_reason],
             "output_token_counts": [res.num_output_tokens]}  # fmt: skip
+
+
+def _clip(row: dict[str, Any]) -> dict[str, Any]:
+    """A clip's columns (null for rows that are not clips): output rows are keyed (row, clip, task)."""
+    return {c: row[c] for c in CLIP_COLUMNS}
+
+
+def _media_key(row: dict[str, Any]) -> str:
+    """What the engine may cache the vision encoder's output under: each clip has its own frames."""
+    return row["id"] if row["clip"] is None else f"{row['id']}#clip{row['clip']}"

@@ -1,28 +1,40 @@
 """CPU stage: fetch, decode and tile each row's media, once for all of its tasks.
 
+A worker keeps up to `preprocess.fetch.concurrency` objects in flight (media/pool.py) and
+decodes and tiles whatever has arrived, so object-store and web latency overlap its CPU
+work instead of adding to it. It takes a whole block of rows at a time (Ray Data hands
+the stage entire blocks, so the fetch window spans all of them, not a few rows) and hands
+rows on in small tables as they are ready. Two blocks can be in flight per worker
+(pipeline.PREPARE_BLOCKS_IN_FLIGHT): the next block's fetches start while the last rows of
+one decode. Decoding and tiling stay one at a time per worker (`cpu`), as before: the CPU it
+reserved.
+
 A media failure is data: the row keeps flowing with its status and error, and the
-inference stage turns it into output rows without touching the engine.
+inference stage turns it into output rows without touching the engine. A video with clips
+becomes one record per clip.
 """
 
 from __future__ import annotations
 
-import time
+import threading
+from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from internvl_batch.config import PreprocessConfig
 from internvl_batch.job.stages.base import Batch, Stage
-from internvl_batch.media.decode import decode_image
-from internvl_batch.media.errors import MediaError, TooLarge
+from internvl_batch.job.stages.prepare_block import BlockRun
 from internvl_batch.media.fetch import Fetcher
-from internvl_batch.media.tiling import split_tile_budget, tile_image
-from internvl_batch.media.video import sample_frames
+from internvl_batch.media.pool import FetchPool
 from internvl_batch.observe import metrics
-from internvl_batch.records import prepared_schema, tiles_to_bytes
-from internvl_batch.status import Status
+from internvl_batch.records import prepared_schema
+
+# A table goes on when this many rows are ready, or when nothing else has arrived yet.
+ROWS_PER_TABLE = 8
+# ...or when its tiles reach this size (a long video's clips, or many large images).
+TABLE_BYTES = 32 * 1024**2
 
 
 class PrepareStage(Stage):
@@ -32,68 +44,63 @@ class PrepareStage(Stage):
         self.cfg = cfg
         self.schema = prepared_schema(passthrough)
         self.fetcher = Fetcher(cfg.fetch)
+        self.pool = FetchPool(self.fetcher)
+        self.cpu = threading.Lock()
         self.attach_monitor(monitor)
-        self.timer = metrics.StepTimer()
 
-    def _bytes(self, url: str, embedded: bytes | None, limit: int) -> bytes:
-        if embedded is None:
-            return self.fetcher.fetch(url)
-        if len(embedded) > limit:
-            raise TooLarge(f"{url}: {len(embedded)} bytes exceed the limit of {limit}")
-        return embedded
+    def timer_for_run(self) -> metrics.StepTimer:
+        return metrics.StepTimer()
 
-    def _image_tiles(self, urls: list[str], embedded: list | None = None) -> tuple[np.ndarray, list[int]]:
-        budgets = [self.cfg.max_num] if len(urls) == 1 else split_tile_budget(len(urls), self.cfg.multi_image_max_num)
-        tiles = []
-        for i, (url, max_num) in enumerate(zip(urls, budgets)):
-            with self.timer("fetch"):
-                data = self._bytes(url, embedded[i] if embedded else None, self.cfg.fetch.max_bytes)
-            with self.timer("decode"):
-                img = decode_image(data, self.cfg.decode, source=url)
-            with self.timer("tile"):
-                tiles.append(tile_image(img, max_num=max_num, use_thumbnail=self.cfg.use_thumbnail))
-        return np.concatenate(tiles), [len(t) for t in tiles]
+    def __call__(self, batch: Batch) -> Iterator[pa.Table]:
+        """Ray Data's entry: tables of rows as they get ready (completion order)."""
+        for table, _ in self.stream(batch):
+            yield table
 
-    def _video_tiles(
-        self, url: str, start: Any, end: Any, embedded: bytes | None = None
-    ) -> tuple[np.ndarray, list[int]]:
-        bound = None
-        if start is not None or end is not None:
-            # the card's own defaults for an open end
-            bound = (-100000 if start is None else float(start), 100000 if end is None else float(end))
-        with self.timer("fetch"):
-            data = self._bytes(url, embedded, self.cfg.fetch.max_bytes)
-        with self.timer("decode"):
-            frames, _ = sample_frames(data, bound, self.cfg.video.num_segments, limits=self.cfg.video, name=url)
-        with self.timer("tile"):
-            # each frame: one 448px tile, as the card's load_video(max_num=1)
-            tiles = [tile_image(f, max_num=1, use_thumbnail=self.cfg.use_thumbnail) for f in frames]
-        return np.concatenate(tiles), [len(t) for t in tiles]
+    def process(self, batch: Batch) -> pa.Table:
+        """All of a batch's rows at once, in its order (clips in clip order): for tests and tools."""
+        tables, keys = [], []
+        for table, positions in self.stream(batch):
+            tables.append(table)
+            keys += positions
+        if not tables:
+            return self.schema.empty_table()
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        return pa.concat_tables(tables).take(pa.array(order, pa.int64()))
 
-    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
-        start = time.perf_counter()
-        out: dict[str, Any] = {"tiles": None, "tiles_per_image": []}
-        if row["status"] == Status.OK:
-            try:
-                if row["media"] == "video":
-                    tiles, counts = self._video_tiles(row["video"], row["start"], row["end"], row.get("video_bytes"))
-                else:
-                    tiles, counts = self._image_tiles(row["images"], row.get("image_bytes"))
-                out.update(tiles=tiles_to_bytes(tiles), tiles_per_image=counts)
-            except MediaError as e:
-                out.update(status=e.status, error=str(e))
-        out["preprocess_ms"] = (time.perf_counter() - start) * 1000
-        return out
+    def stream(self, batch: Batch) -> Iterator[tuple[pa.Table, list[tuple[int, int]]]]:
+        """(table, each row's (position in the batch, clip)) as rows get ready."""
+        run = BlockRun(self, batch.to_pylist())
+        ready: list[dict[str, Any]] = []
+        keys: list[tuple[int, int]] = []
+        size = 0
+        finished = 0  # manifest rows all of whose records are out
+        for pos, row in run.run():
+            ready.append(row)
+            keys.append((pos, row["clip"] if row["clip"] is not None else -1))
+            size += len(row["tiles"] or b"")
+            finished += row["clip"] is None or row["clip"] == row["num_clips"] - 1
+            if len(ready) >= ROWS_PER_TABLE or size >= TABLE_BYTES or run.arrivals.empty():
+                yield self._table(ready, finished, run), keys
+                ready, keys, size, finished = [], [], 0, 0
+        if ready:
+            yield self._table(ready, finished, run), keys
+        self._report(run, 0)
 
-    def process(self, batch: Batch) -> Batch:
-        before = self.fetcher.stats.as_dict()
-        table = pa.Table.from_pylist([{**r, **self._one(r)} for r in batch.to_pylist()], schema=self.schema)
-        self.monitor.progress(self.name, table.num_rows)
-        after = self.fetcher.stats.as_dict()
+    def _table(self, rows: list[dict[str, Any]], finished: int, run: BlockRun) -> pa.Table:
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        self.monitor.progress(self.name, finished)
+        metrics.stage_rows(self.name, finished)
         tiles = int(pc.sum(pc.list_flatten(table["tiles_per_image"])).as_py() or 0)
-        counts = {f"fetch_{k}": after[k] - before[k] for k in after if after[k] != before[k]}
-        self.monitor.count({**counts, "tiles": tiles} if tiles else counts)
-        self.timer.flush()
-        metrics.stage_rows(self.name, table.num_rows)
-        metrics.tiles(tiles)
+        self._report(run, tiles)
         return table
+
+    def _report(self, run: BlockRun, tiles: int) -> None:
+        counts = {f"fetch_{k}": n for k, n in self.fetcher.unreported().items()}
+        if tiles:
+            counts["tiles"] = tiles
+        if run.video_bytes_read:
+            counts["video_bytes_read"], run.video_bytes_read = run.video_bytes_read, 0
+        if counts:
+            self.monitor.count(counts)
+        run.timer.flush()
+        metrics.tiles(tiles)

@@ -15,15 +15,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from internvl_batch.config import InputConfig
-from internvl_batch.job.output import OutputDir
+from internvl_batch.job.output import OutputDir, done_pairs
 from internvl_batch.job.readers import split_rows
 from internvl_batch.job.stages.base import Batch, Stage
 from internvl_batch.observe import metrics
 from internvl_batch.records import item_schema
-from internvl_batch.status import SETTLED
 from internvl_batch.storage import retry
 
 # A chunk is handed on at `chunk_rows` rows or once its embedded media reach this size,
@@ -70,10 +68,7 @@ class ReadStage(Stage):
 
     def _done_pairs(self, shard_id: str) -> set[tuple[int, str]]:
         """Pairs an earlier run already answered (only settled ones when retrying failures)."""
-        keys = self.out.shard_keys(shard_id)
-        if self.retry_failed:
-            keys = keys.filter(pc.is_in(keys["status"], pa.array(sorted(SETTLED), pa.string())))
-        return set(zip(keys["row"].to_pylist(), keys["task"].to_pylist()))
+        return done_pairs(self.out.shard_keys(shard_id), settled_only=self.retry_failed)
 
     def _duplicate_rows(self, shard_ids: list[str]) -> set[tuple[str, int]]:
         if not self.duplicates:
