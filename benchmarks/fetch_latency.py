@@ -157,7 +157,7 @@ def images(args, work: Path, model: Path, check: common.AnswerCheck) -> None:
                 out = work / f"out-{run}-{delay}"
                 wall, _ = _run_job(_config(model, manifest, out, fetch=fetch), work)
                 rates[delay].append(_prepare_rate(out))
-                jobs[delay].append(json.loads((out / "_SUCCESS").read_text())["rows_per_s"])
+                jobs[delay].append(json.loads((out / "_SUCCESS").read_text())["pairs_per_s"])
                 got = _answers(out)
                 dead_ms += [v[2] for k, v in got.items() if k[0].startswith("dead-")]
                 answers = {"/".join(k): v[:2] for k, v in got.items()}
@@ -177,7 +177,7 @@ def images(args, work: Path, model: Path, check: common.AnswerCheck) -> None:
         common.emit(f"CPU stage rows/s at {delay} ms", rates[delay], "rows/s", ".2f")
         if delay != args.delays[0]:
             common.emit(f"CPU stage at {delay} ms / {args.delays[0]} ms", common.ratios(rates[delay], base), "x", ".2f")
-        common.emit(f"whole job rows/s at {delay} ms", jobs[delay], "rows/s", ".2f")
+        common.emit(f"whole job pairs/s at {delay} ms", jobs[delay], "pairs/s", ".2f")
     dead = [v[0] for k, v in reference.items() if k.startswith("dead-")]
     if any(st != "fetch_error" for st in dead):
         check.failed(f"the dead host's rows: {sorted(set(dead))}, not all fetch_error")
