@@ -17,8 +17,8 @@ Start with `internvl-batch demo` (a tiny model on generated media, no GPU needed
 
 EPILOG = """\
 exit codes: 0 done (rows that failed on their own are in the output with their status);
-1 the job failed and may pass on a rerun, which resumes; 2 a problem that will repeat
-(config, manifest, model): fix it first."""
+1 the job failed and may pass on a rerun, which resumes (validate/plan --strict: sampled rows
+predicted refused); 2 a problem that will repeat (config, manifest, model): fix it first."""
 
 DEFAULT_TINY_DIR = Path(".cache/tiny-internvl2_5")
 
@@ -108,22 +108,42 @@ def _validate(args: argparse.Namespace) -> int:
         f"output {shown['output']['path']}"
     )
     if args.config_only:
-        return 0
-    from internvl_batch.job.readers import ManifestError, check_prompt_columns, sample_manifest
+        return 0  # no I/O: the model's files and the manifest are not read
+    from internvl_batch.job.readers import ManifestError
     from internvl_batch.model.check import ModelCheckError, inspect_model
+    from internvl_batch.preflight.rows import check_sample
 
     try:
-        print(_scrub(inspect_model(cfg.model).summary(), cfg))
+        info = inspect_model(cfg.model)
     except ModelCheckError as e:
         _error(e, cfg, suffix=" (may pass on a retry)" if e.retryable else "")
         return 1 if e.retryable else 2
+    print(_scrub(info.summary(), cfg))
     try:
-        report = sample_manifest(cfg.input, cfg.preprocess, n=args.sample)
-        check_prompt_columns(cfg.input, cfg.task)
-    except ManifestError as e:
+        check = check_sample(cfg, args.sample, info=info)  # plan's own per-row check
+    except (ManifestError, ValueError) as e:
         _error(e, cfg)
         return 2
-    print(_scrub(report, cfg))  # its rows name their media URLs
+    except OSError as e:
+        return _io_error(e, cfg)
+    print(_scrub(check.text(), cfg))  # its rows name their media URLs
+    return _strict(args, check.strict_error(), cfg)
+
+
+def _io_error(e: OSError, cfg) -> int:
+    """A store that failed for now (retries spent, a timeout) may answer later: not "fix it first"."""
+    from internvl_batch.storage.retry import StorageError, kind_of
+
+    may_pass = isinstance(e, StorageError) or kind_of(e) == "transient"
+    _error(e, cfg, suffix=" (may pass on a retry)" if may_pass else "")
+    return 1 if may_pass else 2
+
+
+def _strict(args: argparse.Namespace, refused: str | None, cfg) -> int:
+    """`--strict`: exit 1 when a sampled row is predicted refused; else a bad row is data."""
+    if args.strict and refused:
+        _error(refused, cfg)
+        return 1
     return 0
 
 
@@ -155,7 +175,6 @@ def _plan(args: argparse.Namespace) -> int:
 
     from internvl_batch.job.readers import ManifestError
     from internvl_batch.preflight.estimate import Rates, make_preflight
-    from internvl_batch.storage.retry import StorageError, kind_of
 
     try:
         rates = None
@@ -168,12 +187,9 @@ def _plan(args: argparse.Namespace) -> int:
         _error(e, cfg)
         return 2
     except OSError as e:
-        # A store that failed for now (retries spent, a timeout) may answer later: not "fix it first".
-        may_pass = isinstance(e, StorageError) or kind_of(e) == "transient"
-        _error(e, cfg, suffix=" (may pass on a retry)" if may_pass else "")
-        return 1 if may_pass else 2
+        return _io_error(e, cfg)
     print(_scrub(json.dumps(result.to_dict(), indent=1) if args.json else result.text(), cfg))
-    return 0
+    return _strict(args, result.refused, cfg)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -263,6 +279,15 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_strict_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a sampled row is predicted refused (invalid_row, fetch_error, decode_error, too_large, "
+        "context_overflow), naming how many and which statuses; without it such rows are data (exit 0)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from internvl_batch import __version__
 
@@ -290,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--config-only", action="store_true", help="do not load the model's files nor read the manifest")
-    p.add_argument("--sample", type=int, default=20, help="manifest rows to check")
+    p.add_argument("--sample", type=int, default=20, help="manifest rows to check, as `plan` checks them")
+    _add_strict_arg(p)
     p.set_defaults(func=_validate)
 
     p = sub.add_parser(
@@ -302,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens-per-s", type=float, help="prompt + output tokens per second of one replica")
     p.add_argument("--from-run", metavar="OUTPUT_PATH", help="take the rates a previous run's _SUCCESS measured")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    _add_strict_arg(p)
     p.set_defaults(func=_plan)
 
     p = sub.add_parser(

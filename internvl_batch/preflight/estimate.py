@@ -1,289 +1,30 @@
 """`internvl-batch plan CONFIG`: what a run will cost, before it starts.
 
-It samples manifest rows (the first rows of up to `SAMPLE_FILES` files spread over the
-manifest), reads only their images' headers (`headers.py`), predicts each row's tiles
-exactly as tiling will cut them, its prompt tokens per task (the checkpoint's template and
-tokenizer when the model's files are reachable, else an estimate that says so) and the
-status the job would give it, and scales the sample to the manifest's row count. With a
+It counts the manifest's rows (`sample.py`), samples rows and predicts each one as the job
+would treat it (`rows.py`: the check `validate` prints row by row: tiles from the media's
+headers, prompt tokens per task, the status), and scales the sample to the manifest's row
+count. With a
 throughput (flags, or a previous run's `_SUCCESS`) it estimates replica- and GPU-hours for
 the configured replicas, assuming throughput scales with replicas and the CPU stages keep up.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import math
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from internvl_batch.config import JobConfig
-from internvl_batch.job.clips import count_fixed_clips
-from internvl_batch.job.readers import (
-    ManifestRow,
-    check_prompt_columns,
-    cut_shards,
-    list_files,
-    split_of,
-    split_rows,
-)
-from internvl_batch.job.readers.webdataset import samples as tar_samples
-from internvl_batch.job.shards import ManifestFile, Shard, is_record
-from internvl_batch.media.fetch import Fetcher
-from internvl_batch.media.headers import (
-    MAX_HEADER_BYTES,
-    Header,
-    _size,
-    declared_duration,
-    predict_tiles,
-    read_header,
-    read_video_header,
-)
-from internvl_batch.media.tiling import split_tile_budget
-from internvl_batch.model.prompt_template import MissingValue
-from internvl_batch.model.prompts import NUM_IMAGE_TOKENS_PER_TILE, build_prompt
+from internvl_batch.job.readers import list_files
+from internvl_batch.model.prompts import NUM_IMAGE_TOKENS_PER_TILE
+from internvl_batch.preflight.rows import check_sample
+from internvl_batch.preflight.sample import count_rows
 from internvl_batch.status import Status
 
 SAMPLE_ROWS = 200
-SAMPLE_FILES = 8
-SCAN_LIMIT_BYTES = 256 * 1024 * 1024  # text manifests up to this size are counted exactly
-_ESTIMATE_BYTES = 4 * 1024 * 1024  # else rows per byte from this much of each file
-_CHARS_PER_TOKEN = 4.0  # the estimate's rule of thumb for text without a tokenizer
-
-
-# -- how many rows ------------------------------------------------------------------------------
-
-
-def _cached_rows(cfg: JobConfig, file: ManifestFile) -> int | None:
-    """The file's row count from the output's cached plan (a run or a dry run planned it)."""
-    import fsspec
-
-    try:
-        fs, root = fsspec.core.url_to_fs(cfg.output.path, **cfg.output.storage_options)
-        cached = json.loads(fs.cat_file(f"{root.rstrip('/')}/_state/files/{file.key}.json"))
-    except Exception:  # absent, or unreadable: count another way
-        return None
-    if cached.get("fingerprint") != file.fingerprint:
-        return None
-    return sum(s["rows"] for s in cached["shards"])
-
-
-def _estimated_rows(fs: Any, file: ManifestFile) -> tuple[int, int]:
-    """(records per stored byte in the file's first `_ESTIMATE_BYTES` times its size, the
-    records seen there: a floor)."""
-    from fsspec.compression import compr
-
-    with fs.open(file.path, "rb") as raw:
-        f = compr[file.compression](raw, mode="rb") if file.compression else raw
-        records = seen = 0
-        if file.fmt == "webdataset":  # samples, not lines
-            for _ in tar_samples(f, 0, False):
-                records += 1
-                seen = raw.tell()
-                if seen >= _ESTIMATE_BYTES:
-                    break
-        else:
-            for line in f:
-                seen += len(line)
-                records += is_record(line)
-                if seen >= _ESTIMATE_BYTES:
-                    break
-        consumed = raw.tell() or 1
-    records -= file.fmt == "csv"  # a CSV's header is no record
-    if seen < _ESTIMATE_BYTES:  # the whole file was read
-        return records, records
-    return round(records * (file.size or consumed) / consumed), records
-
-
-def count_rows(cfg: JobConfig, fs: Any, files: list[ManifestFile]) -> tuple[int, str, dict[str, int]]:
-    """(rows, how they were counted, rows each file surely has): exact where it is cheap,
-    else estimated from bytes."""
-    total, how, floors = 0, Counter(), {}
-    text_bytes = sum(f.size or 0 for f in files if f.fmt != "parquet")
-    for f in files:
-        n = _cached_rows(cfg, f)
-        if n is not None:
-            how["the output's cached plan"] += 1
-        elif f.fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            with fs.open(f.path, "rb") as fh:
-                n = pq.ParquetFile(fh).metadata.num_rows
-            how["parquet footers"] += 1
-        elif text_bytes <= SCAN_LIMIT_BYTES:
-            n = sum(s.rows for s in cut_shards(fs, f, shard_rows=1 << 40))
-            how["counted"] += 1
-        else:
-            n, floors[f.path] = _estimated_rows(fs, f)
-            how["estimated from bytes"] += 1
-        floors.setdefault(f.path, n)
-        total += n
-    if cfg.input.limit is not None:
-        total = min(total, cfg.input.limit)
-    exact = "estimated from bytes" not in how
-    how_text = ("exact" if exact else "ESTIMATE") + ": " + ", ".join(f"{k} ({v} file(s))" for k, v in how.items())
-    return total, how_text, floors
-
-
-# -- which rows -------------------------------------------------------------------------------
-
-
-def sample_rows(
-    cfg: JobConfig, fs: Any, files: list[ManifestFile], n: int, floors: dict[str, int]
-) -> tuple[list[ManifestRow], int]:
-    """The first rows of up to SAMPLE_FILES files spread over the manifest; (rows, files
-    read). `floors`: rows each file surely has (reading past a file's end is an error)."""
-    files = [f for f in files if floors.get(f.path)]
-    if not files:
-        return [], 0
-    chosen = (
-        [files[i * len(files) // SAMPLE_FILES] for i in range(SAMPLE_FILES)] if len(files) > SAMPLE_FILES else files
-    )
-    rows: list[ManifestRow] = []
-    for f in chosen:
-        per_file = min(math.ceil(n / len(chosen)), floors[f.path])
-        groups: tuple[int, ...] = ()
-        if f.fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            with fs.open(f.path, "rb") as fh:
-                groups = tuple(range(pq.ParquetFile(fh).metadata.num_row_groups))
-        shard = Shard("sample", f.path, 0, 0, per_file, 1, "", row_groups=groups)
-        split = split_of(f, [shard])
-        rows += [row for _, _, row in split_rows(fs, split, cfg.input, columns=cfg.prompt_columns())]
-    return rows[:n], len(chosen)
-
-
-# -- what a row costs ---------------------------------------------------------------------------
-
-
-class PromptTokens:
-    """Prompt length per (task, row): exact from the checkpoint's files, else estimated."""
-
-    def __init__(self, cfg: JobConfig):
-        from internvl_batch.model.check import ModelCheckError, inspect_model
-        from internvl_batch.model.templates import DEFAULT_TEMPLATE, get_template
-
-        self.tokenizer = None
-        self._cache: dict[tuple, int] = {}
-        # What the engine will hold a row to (model/rope.py): vLLM's max_model_len, and for a
-        # LongRoPE checkpoint run as its card, prompt + max_tokens within the original length.
-        self.max_model_len, self.sequence_limit = cfg.model.max_model_len, None
-        self.rope = "unknown (model not reachable)"
-        try:
-            info = inspect_model(cfg.model)
-            self.tokenizer, self.template = info.tokenizer, info.template
-            self.source = f"exact: template {info.template.name!r} and the checkpoint's tokenizer"
-            self.max_model_len, self.sequence_limit = info.rope_plan.max_model_len, info.rope_plan.sequence_limit
-            self.rope = info.rope_plan.note
-        except (ModelCheckError, OSError) as e:
-            self.template = get_template(cfg.model.template or DEFAULT_TEMPLATE)
-            self.source = (f"ESTIMATE (model not reachable: {e}): image tokens exact, text at "
-                           f"{_CHARS_PER_TOKEN:g} characters per token, template {self.template.name!r}")  # fmt: skip
-
-    def __call__(self, question: str, tiles: tuple[int, ...], media: str, system_message: str | None) -> int:
-        key = (question, tiles, media, system_message)
-        if key not in self._cache:
-            kwargs = {"system_message": system_message} if system_message is not None else {}
-            prompt = build_prompt(question, tiles, media=media, template=self.template, **kwargs)
-            if self.tokenizer is not None:
-                self._cache[key] = len(self.tokenizer.prompt_ids(prompt).ids)
-            else:
-                text = prompt.with_placeholders.replace("<image>", "")
-                image = sum(NUM_IMAGE_TOKENS_PER_TILE * t + 2 for t in tiles)  # + <img> and </img>
-                self._cache[key] = image + math.ceil(len(text) / _CHARS_PER_TOKEN)
-        return self._cache[key]
-
-
-@dataclass
-class RowPlan:
-    id: str
-    clips: int = 1  # output rows per task: a video's clips (job/clips.py), else 1
-    tiles: int = 0
-    status: dict[str, str] = field(default_factory=dict)  # per task
-    prompt_tokens: dict[str, int] = field(default_factory=dict)  # per task, rows that reach the engine
-    error: str | None = None
-
-
-def _embedded_header(name: str, data: bytes, cfg: JobConfig) -> Header:
-    """An embedded image's header, as read_header reads a fetched one (same limits and statuses)."""
-    decode, limit = cfg.preprocess.decode, cfg.preprocess.fetch.max_bytes
-    if len(data) > limit:
-        return Header(status=Status.TOO_LARGE, error=f"{name}: {len(data)} bytes exceed fetch.max_bytes={limit}")
-    try:
-        width, height = _size(data[:MAX_HEADER_BYTES], decode)
-    except Exception as e:
-        why = "not an image in an allowed format" if type(e).__name__ == "UnidentifiedImageError" else e
-        return Header(status=Status.DECODE_ERROR, error=f"{name}: no image header: {why}")
-    if width * height > decode.max_pixels:
-        return Header(width, height, Status.TOO_LARGE, f"{name}: {width}x{height} exceeds decode.max_pixels")
-    return Header(width, height)
-
-
-def _row_question(row: ManifestRow, task: Any) -> tuple[str | None, str | None, str | None]:
-    """(question, system message, why it can't be asked) of a row for a task, as the job builds them."""
-    own = json.loads(row.request) if row.request else {}
-    try:
-        question = task.question_for(row.question, row.values)
-    except MissingValue as e:
-        return None, None, str(e)
-    return question, own.get("system_message", task.system_message), None
-
-
-def plan_row(row: ManifestRow, cfg: JobConfig, headers: dict[str, Header], tokens: PromptTokens) -> RowPlan:
-    plan = RowPlan(row.id)
-    tasks = [t.name for t in cfg.task]
-    failed = (Status.INVALID_ROW, row.error) if row.error else None
-    pre, model = cfg.preprocess, cfg.model
-    if failed is None and row.video:
-        h = headers[row.video]  # checked, and its declared duration: frames come from the video's own index
-        failed = (h.status, h.error) if h.status != Status.OK else None
-        per_image = (1,) * pre.video.num_segments  # one 448px tile per frame, as the card
-        plan.clips = _clips(row, h, pre.video)
-    elif failed is None:
-        budgets = [pre.max_num] if len(row.images) == 1 else split_tile_budget(len(row.images), pre.multi_image_max_num)
-        per_image = ()
-        for url, budget in zip(row.images, budgets):
-            h = headers[url]
-            if h.status != Status.OK:
-                failed = (h.status, h.error)
-                break
-            per_image += (predict_tiles(h.width, h.height, budget, pre.use_thumbnail),)
-        if failed is None and len(per_image) > model.max_images_per_prompt:
-            failed = (Status.TOO_LARGE, f"{len(per_image)} images exceed model.max_images_per_prompt")
-    if failed is not None:
-        plan.clips = 1  # one failed row per task, whatever it would have been cut into
-        plan.status = dict.fromkeys(tasks, failed[0].value)
-        plan.error = failed[1]
-        return plan
-    plan.tiles = sum(per_image) * plan.clips
-    media = "video" if row.video else "image"
-    for task in cfg.task:
-        question, system, _ = _row_question(row, task)  # prompts filled in from the row's columns
-        if question is None:
-            plan.status[task.name] = Status.INVALID_ROW.value
-            continue
-        n = tokens(question, per_image, media, system)
-        plan.prompt_tokens[task.name] = n
-        limit = tokens.sequence_limit
-        over = n >= tokens.max_model_len or (limit is not None and n + task.sampling.max_tokens > limit)
-        plan.status[task.name] = (Status.CONTEXT_OVERFLOW if over else Status.OK).value
-    return plan
-
-
-def _clips(row: ManifestRow, header: Header, video: Any) -> int:
-    """A video row's clips: its own clips column, else the windows video.clip_s cuts from
-    the duration its container declares (MP4/MOV, AVI; 1 when it does not say)."""
-    if row.clips:
-        return len(row.clips)
-    if video.clip_s is None or not header.duration_s:
-        return 1
-    start, end = row.start or 0.0, header.duration_s if row.end is None else min(row.end, header.duration_s)
-    return count_fixed_clips(max(end - start, 0.0), video.clip_s, video.clip_stride_s)
 
 
 # -- rates --------------------------------------------------------------------------------------
@@ -340,6 +81,8 @@ class Preflight:
     errors: list[dict[str, Any]]
     estimate: dict[str, Any] | None
     estimate_note: str
+    sampled: list[dict[str, Any]] = field(default_factory=list)  # each sampled row: id, status per task, why
+    refused: str | None = None  # the sampled rows predicted refused (`--strict` exits 1 on it), else None
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -402,33 +145,11 @@ def _output_tokens(cfg: JobConfig, rates: Rates | None) -> tuple[dict[str, float
     return {t.name: float(t.sampling.max_tokens) for t in cfg.task}, "upper bound: each task's sampling.max_tokens"
 
 
-def plan_rows(cfg: JobConfig, sample: list[ManifestRow], tokens: PromptTokens | None = None) -> list[RowPlan]:
-    """Each sampled row's prediction; the media headers are read concurrently."""
-    fetcher = Fetcher(cfg.preprocess.fetch)
-    ok = [r for r in sample if not r.error]
-    # Embedded media: their own bytes (nothing fetched); the rest by URL.
-    embedded = {n: b for r in ok for n, b in zip(r.images, r.image_bytes or ()) if b is not None}
-    embedded_videos = {r.video: r.video_bytes for r in ok if r.video_bytes is not None}
-    images = sorted({u for r in ok for u in r.images} - set(embedded))
-    videos = sorted({r.video for r in ok if r.video} - set(embedded_videos))
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        # One Fetcher per thread is the rule for fetch(); check() and filesystem_options() keep no state.
-        headers = dict(zip(images, pool.map(lambda u: read_header(u, fetcher, cfg.preprocess.decode), images)))
-        limit = cfg.preprocess.video.max_bytes
-        headers.update(zip(videos, pool.map(lambda u: read_video_header(u, fetcher, limit), videos)))
-    headers.update({n: _embedded_header(n, b, cfg) for n, b in embedded.items()})
-    headers.update({n: Header(duration_s=declared_duration(io.BytesIO(b))) for n, b in embedded_videos.items()})
-    tokens = tokens or PromptTokens(cfg)
-    return [plan_row(r, cfg, headers, tokens) for r in sample]
-
-
 def make_preflight(cfg: JobConfig, n: int = SAMPLE_ROWS, rates: Rates | None = None) -> Preflight:
-    check_prompt_columns(cfg.input, cfg.task)
     fs, files = list_files(cfg.input)
     rows, rows_how, floors = count_rows(cfg, fs, files)
-    sample, n_files = sample_rows(cfg, fs, files, n, floors)
-    tokens = PromptTokens(cfg)
-    plans = plan_rows(cfg, sample, tokens)
+    check = check_sample(cfg, n, fs, files, floors)  # validate's check, row by row
+    plans, n_files, tokens = check.plans, check.files_read, check.tokens
     tasks = [t.name for t in cfg.task]
     pairs = Counter(s for p in plans for s in p.status.values())
     m = max(len(plans), 1)
@@ -472,4 +193,5 @@ def make_preflight(cfg: JobConfig, n: int = SAMPLE_ROWS, rates: Rates | None = N
     return Preflight(
         config, rows, rows_how, len(plans), n_files, {k: v / max(sum(pairs.values()), 1) for k, v in pairs.most_common()},
         tiles_per_row, prompt_stats, tokens.source, totals, out_source, overflow, errors, estimate, note,
+        [{"id": p.id, "status": p.status, "error": p.error, "reasons": p.reasons} for p in plans], check.strict_error(),
     )  # fmt: skip

@@ -337,7 +337,9 @@ def test_cli_validate_reads_manifest_sample(demo_yaml, demo_data, tmp_path, caps
     # validate also loads the model's config and tokenizer (tests/model/test_check.py)
     assert main(["validate", str(demo_yaml), "--sample", "2", "--set", f"model.path={tiny_model_dir}"]) == 0
     out = capsys.readouterr().out
-    assert "manifest: first 2 rows" in out and "r1: image ok" in out and "r2" not in out
+    # the rows as `plan` checks them: "x" has no image header (validate said "image ok" before)
+    assert "manifest: 2 sampled row(s)" in out and f"r1: decode_error: {image}: no image header" in out
+    assert "r2" not in out
 
 
 def test_cli_validate_missing_manifest(demo_yaml, capsys, tiny_model_dir):

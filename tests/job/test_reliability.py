@@ -583,7 +583,7 @@ def test_no_credential_reaches_any_artifact(secret_s3, tiny_model_dir, tmp_path,
         text = {p.name: p.read_text(errors="replace") for p in logs}
         assert codes == {"run": 0, "run-bad-secret": 1, "validate": 0, "validate-signed-manifest": 2}, (codes, text)
         assert "SignatureDoesNotMatch" in text["run-bad-secret.err"] or "403" in text["run-bad-secret.err"]
-        assert "config ok" in text["validate.out"] and "PROBLEM" in text["validate.out"]
+        assert "config ok" in text["validate.out"] and "signed-missing: fetch_error: " in text["validate.out"]
         assert "carries credentials" in text["validate-signed-manifest.err"]
         assert re.search(r"Signature=REDACTED", text["validate-signed-manifest.err"])
 

@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from internvl_batch.devtools.sample_media import write_sample_video
-from internvl_batch.job.readers import list_files
-from internvl_batch.preflight import estimate as preflight
+from internvl_batch.preflight.rows import check_sample
 from tests.observe import jobs
 
 pytestmark = pytest.mark.slow
@@ -28,9 +27,7 @@ def test_real_engine_output_matches_the_plan_and_reports_engine_metrics(tmp_path
     # max_model_len 1024: rows of 4 tiles and more overflow (context_overflow, decided by the engine)
     cfg = jobs.job_config(tmp_path / "m.jsonl", tmp_path / "out", str(tiny_model_dir), model={"max_model_len": 1024},
                           preprocess={"video": {"num_segments": 2}}, runtime={"engine_cpus": 1})  # fmt: skip
-    fs, files = list_files(cfg.input)
-    sample, _ = preflight.sample_rows(cfg, fs, files, 100, preflight.count_rows(cfg, fs, files)[2])
-    predicted = {p.id: p for p in preflight.plan_rows(cfg, sample)}
+    predicted = {p.id: p for p in check_sample(cfg, 100).plans}  # what validate and plan predict
 
     cfg_path, result = tmp_path / "job.yaml", tmp_path / "result.json"
     cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))

@@ -17,8 +17,10 @@ from internvl_batch.job.readers import list_files
 from internvl_batch.media.headers import predict_tiles
 from internvl_batch.model.check import inspect_model
 from internvl_batch.model.prompts import build_prompt
-from internvl_batch.preflight import estimate as preflight
+from internvl_batch.preflight import sample as sampling
 from internvl_batch.preflight.estimate import Rates, count_rows, make_preflight
+from internvl_batch.preflight.rows import check_sample, plan_rows
+from internvl_batch.preflight.sample import sample_rows
 from tests.observe import jobs
 
 # -- a whole plan --------------------------------------------------------------------------------
@@ -40,8 +42,8 @@ def test_plan_predicts_tiles_statuses_and_exact_prompt_tokens(manifest, tmp_path
     assert plan.sample_rows == plan.rows and plan.tokens_source.startswith("exact")
 
     fs, files = list_files(cfg.input)
-    sample, _ = preflight.sample_rows(cfg, fs, files, 100, preflight.count_rows(cfg, fs, files)[2])
-    by_id = {p.id: p for p in preflight.plan_rows(cfg, sample)}
+    sample, _ = sample_rows(cfg, fs, files, 100, count_rows(cfg, fs, files)[2])
+    by_id = {p.id: p for p in plan_rows(cfg, sample)}
     # tiles at max_num=6 (the pair shares it: 3 each)
     want_tiles = {"square": 1, "wide": 3, "tall": 4, "big": 7, "rotated": 3, "pair": 3 + 4, "noq": 1}
     assert {k: by_id[f"{k}-0"].tiles for k in want_tiles} == want_tiles
@@ -144,8 +146,8 @@ def test_row_counts_exact_cached_or_estimated(tmp_path, monkeypatch):
     fs, files = list_files(cfg.input)
     assert count_rows(cfg, fs, files)[:2] == (4234, "exact: parquet footers (1 file(s)), counted (1 file(s))")
 
-    monkeypatch.setattr(preflight, "SCAN_LIMIT_BYTES", 0)
-    monkeypatch.setattr(preflight, "_ESTIMATE_BYTES", 16 * 1024)
+    monkeypatch.setattr(sampling, "SCAN_LIMIT_BYTES", 0)
+    monkeypatch.setattr(sampling, "_ESTIMATE_BYTES", 16 * 1024)
     rows, how, floors = count_rows(cfg, fs, files)
     assert how.startswith("ESTIMATE") and rows == pytest.approx(4234, rel=0.05)
     assert 0 < floors[files[1].path] < 3000  # what the sample may read of it
@@ -178,8 +180,8 @@ def test_embedded_images_and_filled_in_prompts(tmp_path):
     cfg = jobs.job_config(tmp_path / "m.parquet", tmp_path / "out", str(tmp_path / "no-model"))
     cfg = cfg.model_validate({**cfg.model_dump(), **tasks})
     fs, files = list_files(cfg.input)
-    sample, _ = preflight.sample_rows(cfg, fs, files, 100, preflight.count_rows(cfg, fs, files)[2])
-    by_id = {p.id: p for p in preflight.plan_rows(cfg, sample)}
+    sample, _ = sample_rows(cfg, fs, files, 100, count_rows(cfg, fs, files)[2])
+    by_id = {p.id: p for p in plan_rows(cfg, sample)}
     assert (by_id["short"].tiles, by_id["long"].tiles) == (3, 1)  # 2x1 + thumbnail: from the bytes' header
     assert by_id["junk"].status == {"ask": "decode_error", "caption": "decode_error"}
     assert by_id["none"].status == {"ask": "invalid_row", "caption": "ok"}
@@ -205,9 +207,7 @@ def test_plan_counts_clips_from_the_column_and_from_declared_durations(tmp_path)
                           preprocess={"video": {"num_segments": 4, "clip_s": 2.0}})  # fmt: skip
     vr = VideoReader(str(avi))
     avi_clips = len(fixed_clips(len(vr) / vr.get_avg_fps(), 2.0, None))  # what the job will cut
-    fs, files = list_files(cfg.input)
-    sample, _ = preflight.sample_rows(cfg, fs, files, 10, preflight.count_rows(cfg, fs, files)[2])
-    by_id = {p.id: p for p in preflight.plan_rows(cfg, sample)}
+    by_id = {p.id: p for p in check_sample(cfg, 10).plans}  # validate's call
     assert {k: p.clips for k, p in by_id.items()} == {"own": 3, "mp4": 3, "avi": avi_clips, "img": 1}
     assert avi_clips > 3 and by_id["own"].tiles == by_id["mp4"].tiles == 3 * 4
     plan = make_preflight(cfg, rates=Rates("flags", pairs_per_s=2.0))

@@ -92,7 +92,7 @@ def read_splits(files: list[ManifestFile], shards: list[Shard], resume: set[str]
 
 def read_manifest(cfg: Any, columns: tuple[str, ...] = ()) -> list[ManifestRow]:
     """Every row of a small manifest, in file then line order; repeated ids after the first
-    are invalid. For `validate` and tests: the job reads shards on workers instead."""
+    are invalid. For `verify` and tests: the job reads shards on workers instead."""
     fs, files = list_files(cfg)
     rows: list[ManifestRow] = []
     seen: set[str] = set()
@@ -148,31 +148,6 @@ def check_prompt_columns(cfg: Any, tasks: list[Any]) -> None:
             )
 
 
-def sample_manifest(cfg: Any, preprocess: Any, n: int = 20) -> str:
-    """`validate`'s report: parse the first rows and check their media URLs exist
-    (embedded media are checked by prepare, as fetched bytes are)."""
-    from internvl_batch.media.fetch import Fetcher
-
-    rows = read_manifest(cfg.model_copy(update={"limit": n}))
-    fetcher = Fetcher(preprocess.fetch)
-    lines = [f"manifest: first {len(rows)} rows"]
-    for row in rows:
-        problem = row.error
-        if problem is None:
-            embedded = row.image_bytes or [None] * len(row.images)
-            urls = [u for u, b in zip(row.images, embedded) if b is None] if row.images else []
-            if row.video and row.video_bytes is None:
-                urls = [row.video]
-            # videos are read by range: their own limit
-            limit = (preprocess.video.max_bytes, "video.max_bytes") if row.video else (None, "fetch.max_bytes")
-            for url in urls:
-                problem = fetcher.check(url, *limit)
-                if problem:
-                    break
-        lines.append(f"  {row.id}: {row.media} {'ok' if problem is None else 'PROBLEM: ' + problem}")
-    return "\n".join(lines)
-
-
 __all__ = ["READERS", "ManifestError", "ManifestRow", "Reader", "check_prompt_columns", "cut_shards", "list_files",
            "manifest_columns", "manifest_files",
-           "read_manifest", "read_splits", "reader_for", "sample_manifest", "split_of", "split_rows"]  # fmt: skip
+           "read_manifest", "read_splits", "reader_for", "split_of", "split_rows"]  # fmt: skip

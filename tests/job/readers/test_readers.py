@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from internvl_batch.config import InputConfig, PreprocessConfig
-from internvl_batch.job.readers import ManifestError, ManifestRow, read_manifest, sample_manifest
+from internvl_batch.config import InputConfig
+from internvl_batch.job.readers import ManifestError, ManifestRow, read_manifest
 
 # -- helpers / fixtures ----------------------------------------------------------------
 
@@ -384,36 +384,3 @@ def test_passthrough_from_parquet(tmp_path):
     )
     rows = read(tmp_path / "m.parquet", passthrough=("n", "tags"))
     assert [r.passthrough for r in rows] == [{"n": "1", "tags": '["t"]'}, {"n": None, "tags": "[]"}]
-
-
-# -- sample_manifest (validate's report) ---------------------------------------------------
-
-
-def test_sample_manifest_checks_media(tmp_path):
-    image = tmp_path / "there.jpg"
-    image.write_bytes(b"\xff\xd8 not really a jpeg")
-    missing = tmp_path / "missing.jpg"
-    path = write_jsonl(
-        tmp_path / "m.jsonl",
-        [
-            {"id": "good", "image": str(image)},
-            {"id": "gone", "image": [str(image), str(missing)]},
-            {"id": "bad"},
-        ]
-        + [{"id": f"extra{i}", "image": str(image)} for i in range(5)],
-    )
-    report = sample_manifest(InputConfig(path=str(path)), PreprocessConfig(), n=3)
-    lines = report.splitlines()
-    assert lines[0] == "manifest: first 3 rows"
-    assert len(lines) == 4
-    assert lines[1].strip() == "good: image ok"
-    assert lines[2].strip().startswith("gone: image PROBLEM:") and str(missing) in lines[2]
-    assert lines[3].strip().startswith("bad: none PROBLEM: no 'image' or 'video'")
-
-
-def test_sample_manifest_respects_fetch_policy(tmp_path):
-    image = tmp_path / "there.jpg"
-    image.write_bytes(b"x" * 100)
-    path = write_jsonl(tmp_path / "m.jsonl", [{"id": "big", "image": str(image)}])
-    report = sample_manifest(InputConfig(path=str(path)), PreprocessConfig(fetch={"max_bytes": 10}))
-    assert "big: image PROBLEM:" in report and "max_bytes" in report
