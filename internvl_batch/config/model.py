@@ -96,6 +96,8 @@ class ModelConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _old_keys_and_checkpoint_facts(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("engine") == "vllm":  # says what is so: older configs did
+            data = {k: v for k, v in data.items() if k != "engine"}
         refuse_old_keys(data, "model", _OLD_KEYS)
         path = given(data, "path")
         if not isinstance(data, dict) or not isinstance(path, str):

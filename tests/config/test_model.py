@@ -33,6 +33,7 @@ def test_an_old_model_key_names_the_new_way(tmp_path, item, fragments):
 def test_the_hf_engine_is_no_config_choice():
     assert "engine" not in ModelConfig.model_fields
     assert ModelConfig(path="OpenGVLab/InternVL2_5-8B").engine == "vllm"
+    assert ModelConfig(path="OpenGVLab/InternVL2_5-8B", engine="vllm").engine == "vllm"  # older configs said so
 
 
 @pytest.fixture
