@@ -74,7 +74,7 @@ MAX_NUM = 12  # the card's max_num = the checkpoint's max_dynamic_patch: 12 tile
 PROMPT = "Please describe the image shortly."  # the job's short_caption preset
 MAX_NUM_SEQS = 16
 MODEL = common.model_section("", max_num_seqs=MAX_NUM_SEQS, max_dynamic_patch=MAX_NUM)  # our sides' engine
-MAX_MODEL_LEN, KV_CACHE_GIB = MODEL["max_model_len"], MODEL["cpu_kvcache_gib"]  # Ray Data LLM's engine alike
+MAX_MODEL_LEN, KV_CACHE_GIB = MODEL["max_model_len"], common.KV_CACHE_GIB  # Ray Data LLM's engine alike
 BATCH_SIZE = 16  # rows per engine call on both pipelines
 IN_FLIGHT = 4  # batches in flight per engine replica on both pipelines
 STAGE_CPUS = 0.16  # Ray Data LLM's 4 CPU stages + pre/postprocess: 1 CPU in all, as the job's CPU stage
@@ -217,7 +217,7 @@ def side_rdl(spec: dict) -> dict:
             "dtype": MODEL["dtype"],
             "max_model_len": MAX_MODEL_LEN,
             "max_num_seqs": MAX_NUM_SEQS,
-            "enforce_eager": MODEL["enforce_eager"],
+            "enforce_eager": MODEL["engine_kwargs"]["enforce_eager"],
             "limit_mm_per_prompt": {"image": 1},
         },
         concurrency=1,

@@ -6,13 +6,14 @@ from internvl_batch.config.job import (
     JobConfig,
     OutputConfig,
     PreprocessConfig,
-    RuntimeConfig,
     TaskConfig,
 )
 from internvl_batch.config.loader import ConfigError, load_config
 from internvl_batch.config.model import ModelConfig, SamplingConfig
+from internvl_batch.config.runtime import AdvancedRuntimeConfig, RuntimeConfig
 
 __all__ = [
+    "AdvancedRuntimeConfig",
     "ConfigError",
     "InputConfig",
     "JobConfig",

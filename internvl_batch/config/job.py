@@ -7,20 +7,25 @@ ignored.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from internvl_batch.config.base import Section
+from internvl_batch.config.base import Section, given, with_default
 from internvl_batch.config.model import ModelConfig, SamplingConfig
+from internvl_batch.config.runtime import RuntimeConfig
 from internvl_batch.media.decode import DecodeConfig
 from internvl_batch.media.fetch import FetchConfig
 from internvl_batch.media.video import VideoConfig
+from internvl_batch.model.checkpoint_facts import tiling_facts
 from internvl_batch.model.prompt_template import fill, template_fields
 from internvl_batch.model.workload import TaskShape, Workload
 from internvl_batch.records import check_passthrough
 from internvl_batch.storage.redact import secret_values
+
+log = logging.getLogger(__name__)
 
 
 class WebDatasetConfig(Section):
@@ -70,7 +75,11 @@ class PreprocessConfig(Section):
     multi_image_max_num: int = Field(
         12, ge=1, description="tile budget shared by the images of one multi-image row (n_max)"
     )
-    use_thumbnail: bool = True
+    use_thumbnail: bool = Field(
+        True,
+        description="add the card's thumbnail tile to a tiled image; unset: the checkpoint's config.json "
+        "(true, the card's, where it can't be read offline); a value that disagrees is used, with a warning",
+    )
 
 
 # Requests in flight per replica by default, per sequence vLLM decodes at once (measured:
@@ -132,54 +141,6 @@ def _fixed_part(task: TaskConfig) -> str | None:
     return task.question_for(None)
 
 
-class RuntimeConfig(Section):
-    ray_address: str | None = Field(None, description="None: start/join a local Ray; 'auto': the cluster's")
-    use_gpu: bool = Field(True, description="replicas ask Ray for GPUs; false with the CPU build of vLLM")
-    replicas: int = Field(1, ge=1, description="engine actors, one model replica each")
-    cpu_workers: int = Field(2, ge=1, description="concurrent preprocess (fetch/decode/tile) workers")
-    cpus_per_worker: float = Field(1.0, gt=0)
-    preprocess_batch_size: int = Field(
-        4,
-        ge=1,
-        description="sizes the tables manifest readers hand on (16x this, at most 4096 rows); the CPU stage "
-        "takes whole blocks of them and keeps preprocess.fetch.concurrency fetches in flight across a block",
-    )
-    engine_batch_size: int = Field(32, ge=1, description="rows per engine call; keep >= max_num_seqs")
-    engine_cpus: float = Field(1.0, ge=0, description="CPUs reserved for each engine actor")
-    op_resource_reservation: bool = Field(
-        False, description="Ray Data's per-operator reservation; off lets small nodes run CPU work in parallel"
-    )
-    retry_failed: bool = Field(False, description="redo rows whose status is not ok")
-    progress_interval_s: float = Field(10.0, gt=0)
-    readers: int = Field(2, ge=1, description="concurrent manifest readers (each parses one split at a time)")
-    reader_cpus: float = Field(
-        0.0,
-        ge=0,
-        description="CPUs reserved per manifest reader; 0: readers are few and wait on storage, and "
-        "must never wait for a CPU the CPU and engine stages hold",
-    )
-    block_kib: int = Field(
-        1024,
-        ge=1,
-        description="Ray Data's target block size: small, so one split's rows spread over several "
-        "CPU workers (a row with tiles is one block on its own)",
-    )
-    engine_batches_in_flight: int | None = Field(
-        None,
-        ge=1,
-        description="batches each replica holds at once, so vLLM's queue never runs dry between batches; "
-        "None: enough for 8 x model.max_num_seqs requests (at least 4 batches): a batch stays in flight "
-        "until its longest answer ends, and at 4x occupancy fell to 0.91 with mixed answer lengths "
-        "(benchmarks/engine_feed.py), at 8x it held 0.98",
-    )
-    max_engine_restarts: int = Field(
-        3, ge=0, description="engine deaths in a row (no batch finished in between) before the job fails"
-    )
-    stall_timeout_s: float = Field(
-        1800.0, gt=0, description="fail the job, naming the stage, when no row reaches the output for this long"
-    )
-
-
 class OutputConfig(Section):
     path: str = Field(description="output prefix on any fsspec URL; parquet part files + _SUCCESS")
     format: Literal["parquet", "openai_batch"] = Field(
@@ -225,6 +186,33 @@ class JobConfig(Section):
     def prompt_columns(self) -> tuple[str, ...]:
         """The manifest columns the tasks' prompt templates name (read with every row)."""
         return tuple(sorted({c for t in self.task for c in t.prompt_columns}))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_defaults(cls, data: Any) -> Any:
+        """What a section leaves unset that another section knows: the checkpoint's thumbnail
+        rule (its config.json), and engine batches as large as vLLM's batch."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model")
+        path = given(model, "path")
+        if isinstance(path, str):
+            facts = tiling_facts(path)
+            thumb = given(data.get("preprocess"), "use_thumbnail")
+            if thumb is None:
+                data = {
+                    **data,
+                    "preprocess": with_default(data.get("preprocess"), "use_thumbnail", facts.use_thumbnail),
+                }
+            elif facts.source is not None and thumb != facts.use_thumbnail:
+                log.warning(
+                    "preprocess.use_thumbnail=%s disagrees with the checkpoint's use_thumbnail=%s (%s): using %s",
+                    thumb, facts.use_thumbnail, facts.source, thumb,
+                )  # fmt: skip
+        seqs = given(model, "max_num_seqs")
+        if isinstance(seqs, int) and given(data.get("runtime"), "engine_batch_size") is None:
+            data = {**data, "runtime": with_default(data.get("runtime"), "engine_batch_size", seqs)}
+        return data
 
     @model_validator(mode="before")
     @classmethod

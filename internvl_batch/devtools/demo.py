@@ -7,6 +7,7 @@ first use and runs configs/demo.yaml over them. Deterministic, a few MB.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 DEMO_DIR = Path(".cache/demo")
@@ -17,6 +18,9 @@ def prepare_demo(root: Path = DEMO_DIR) -> Path:
     from internvl_batch.devtools.sample_media import sample_image, write_sample_video
     from internvl_batch.devtools.tiny_model import make_tiny_model
 
+    # The demo runs the CPU build of vLLM, which sizes its KV cache from this (GiB), as
+    # `make demo` sets it; set before Ray starts, so the engine actor inherits it.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     media = root / "media"
     media.mkdir(parents=True, exist_ok=True)
     if not (root / "model" / "config.json").exists():

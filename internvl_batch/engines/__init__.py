@@ -1,7 +1,8 @@
 """Model replicas: engines take preprocessed requests and return results.
 
-They know nothing of Ray, shards or manifests. `build_engine` picks one from the config;
-the engine modules are imported only when built (they import torch / vLLM).
+They know nothing of Ray, shards or manifests. `build_engine` builds vLLM's, or the HF
+reference engine for a model section devtools/hf_engine.py marked (tests, devtools: never
+a config file); the engine modules are imported only when built (they import torch / vLLM).
 """
 
 from __future__ import annotations

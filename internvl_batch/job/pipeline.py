@@ -20,7 +20,7 @@ PREPARE_BLOCKS_IN_FLIGHT = 2
 def stage_resources(cfg: JobConfig) -> dict[str, StageResources]:
     rt = cfg.runtime
     return {
-        "read": StageResources(num_cpus=rt.reader_cpus, concurrency=rt.readers, batch_size=1),
+        "read": StageResources(num_cpus=rt.advanced.reader_cpus, concurrency=rt.readers, batch_size=1),
         # Whole blocks (batch_size None): a worker's fetch window spans every row it was
         # handed, not preprocess_batch_size of them; it hands rows on as they are ready.
         "prepare": StageResources(
@@ -49,7 +49,7 @@ def stage_resources(cfg: JobConfig) -> dict[str, StageResources]:
 
 def reader_chunk_rows(cfg: JobConfig) -> int:
     """Rows per table a reader yields: it bounds the reader's memory on a large split (Ray
-    Data then joins tables into blocks of `runtime.block_kib`)."""
+    Data then joins tables into blocks of `runtime.advanced.block_kib`)."""
     return max(16, min(4096, 16 * cfg.runtime.preprocess_batch_size))
 
 
@@ -61,7 +61,7 @@ def init_ray(cfg: JobConfig):
     ctx = ray.data.DataContext.get_current()
     # Ray Data's per-operator reservation keeps CPU for operators that are not running
     # yet; on a small node it serialises the CPU stage (measured: 0.98x vs 1.31x a loop).
-    ctx.op_resource_reservation_enabled = cfg.runtime.op_resource_reservation
+    ctx.op_resource_reservation_enabled = cfg.runtime.advanced.op_resource_reservation
     ctx.enable_progress_bars = False
     # An engine that cannot start fails the same way every time: give up after as many
     # tries as a dead engine gets, instead of the default first-death failure.
@@ -70,7 +70,7 @@ def init_ray(cfg: JobConfig):
     # at the default 128 MiB a reader's whole split would reach one CPU worker. Every stage
     # is an actor with reserved resources (no Ray Data op may need a CPU the pools hold,
     # or it waits forever: a repartition would), so block size is the knob.
-    ctx.target_max_block_size = cfg.runtime.block_kib * 1024
+    ctx.target_max_block_size = cfg.runtime.advanced.block_kib * 1024
     return ray
 
 

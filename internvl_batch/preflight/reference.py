@@ -71,7 +71,6 @@ class HFReference:
     def __init__(self, model: ModelConfig, sampling: SamplingConfig):
         from internvl_batch.engines.hf import HFEngine
 
-        model = model.model_copy(update={"engine": "hf"})
         self.engine = HFEngine(model, sampling, reference=True)
         self.template = self.engine.template
         self.dtype = model.dtype

@@ -36,8 +36,7 @@ def demo_data(tmp_path) -> dict:
             "max_model_len": 8192,
             "max_num_seqs": 16,
             "max_images_per_prompt": 8,
-            "enforce_eager": True,
-            "cpu_kvcache_gib": 2,
+            "engine_kwargs": {"enforce_eager": True},
         },
         "preprocess": {"max_num": 6, "multi_image_max_num": 6, "video": {"num_segments": 8}},
         "task": [
@@ -85,7 +84,7 @@ def test_load_demo_like_yaml(demo_yaml, demo_data):
     assert isinstance(cfg, JobConfig)
     assert cfg.input.path == demo_data["input"]["path"]
     assert cfg.input.passthrough == ("source",)
-    assert cfg.model.dtype == "float32" and cfg.model.enforce_eager is True
+    assert cfg.model.dtype == "float32" and cfg.model.engine_kwargs == {"enforce_eager": True}
     assert cfg.preprocess.max_num == 6 and cfg.preprocess.video.num_segments == 8
     assert [t.name for t in cfg.task] == ["caption", "labels"]
     assert cfg.task[0].preset == "short_caption" and cfg.task[0].sampling.max_tokens == 24
@@ -198,7 +197,6 @@ def test_override_with_invalid_yaml_value(demo_yaml, item):
     "overrides,fragments",
     [
         (["runtime.replica=4"], ["runtime.replica"]),
-        (["model.engine=tgi"], ["model.engine", "'vllm'", "'hf'"]),
         (["task.0.preset=long_caption"], ["task.0.preset", "'short_caption'", "'detailed_caption'"]),
         (["task.0.prompt=also a prompt"], ["task.0", "exactly one of preset, prompt, use_row_question"]),
         (["task.0.preset=null"], ["task.0", "exactly one of preset, prompt, use_row_question"]),

@@ -131,7 +131,7 @@ def test_killed_mid_tar_resumes_writing_nothing_twice(tmp_path, ray_cluster):
     out = tmp_path / "out"
     job = _job(tmp_path / "big.tar", out, input={"shard_rows": 30},
                runtime={"engine_batch_size": 3, "preprocess_batch_size": 1, "engine_batches_in_flight": 1,
-                        "block_kib": 4}, output={"rows_per_file": 6, "flush_interval_s": 0.2})  # fmt: skip
+                        "advanced": {"block_kib": 4}}, output={"rows_per_file": 6, "flush_interval_s": 0.2})  # fmt: skip
     cfg_path = tmp_path / "job.yaml"
     cfg_path.write_text(yaml.safe_dump(job))
     env = {**os.environ, "INTERNVL_TEST_DELAY_S": "1.0"}
@@ -229,7 +229,7 @@ def test_templated_prompt_n3_and_embedded_bytes_as_fetched_through_vllm(tiny_mod
               "sampling": {"n": 3, "temperature": 1.0, "seed": 7, "max_tokens": 6}}]  # fmt: skip
     job = _job(tmp_path / "m.parquet", tmp_path / "out", tasks=tasks)
     job["model"] = {"path": str(tiny_model_dir), "dtype": "float32", "max_model_len": 4096, "max_num_seqs": 8,
-                    "enforce_eager": True, "cpu_kvcache_gib": 1}  # fmt: skip
+                    "engine_kwargs": {"enforce_eager": True}}  # fmt: skip
     job["runtime"].update(engine_cpus=1, cpus_per_worker=0.25)
     assert run_job(JobConfig.model_validate(job)).finished
     got = _once(_output(tmp_path / "out"), ("ask", "many"))

@@ -70,7 +70,7 @@ def _job(tmp_path: Path, address: str) -> Path:
         "preprocess": {"max_num": 1},
         "task": [{"name": "caption", "preset": "short_caption"}, {"name": "detail", "preset": "detailed_caption"}],
         "runtime": {"ray_address": address, "use_gpu": True, "replicas": 1, "engine_cpus": 1, "cpu_workers": 2,
-                    "cpus_per_worker": 0.5, "readers": 1, "reader_cpus": 0.5, "preprocess_batch_size": 4,
+                    "cpus_per_worker": 0.5, "readers": 1, "advanced": {"reader_cpus": 0.5}, "preprocess_batch_size": 4,
                     "engine_batch_size": 4, "engine_batches_in_flight": 1, "progress_interval_s": 2, "stall_timeout_s": 120},
         "output": {"path": str(tmp_path / "out"), "rows_per_file": 8, "flush_interval_s": 1},
     }  # fmt: skip

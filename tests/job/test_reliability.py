@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from internvl_batch.config import JobConfig
+from internvl_batch.devtools.hf_engine import on_hf_engine
 from internvl_batch.job.monitor import JobFailed
 from internvl_batch.job.output import shard_of_part
 from internvl_batch.job.runner import run_job
@@ -486,9 +487,9 @@ def test_over_long_question_is_context_overflow_through_the_whole_job(tiny_model
     job = _job(
         str(manifest), str(tmp_path / "out"), preprocess={"max_num": 1, "fetch": {"local_roots": [str(store.root)]}}
     )
-    job["model"] = {"path": str(tiny_model_dir), "engine": "hf", "dtype": "float32", "max_model_len": 1024}
+    job["model"] = {"path": str(tiny_model_dir), "dtype": "float32", "max_model_len": 1024}
     job["task"] = [{"name": "qa", "use_row_question": True, "sampling": {"max_tokens": 4}}]
-    summary = run_job(JobConfig.model_validate(job))
+    summary = run_job(on_hf_engine(JobConfig.model_validate(job)))
     assert summary.finished
     got = {r["id"]: r for r in _local_rows(tmp_path / "out")}
     assert {k: r["status"] for k, r in got.items()} == {

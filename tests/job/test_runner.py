@@ -46,7 +46,7 @@ def _job(model_dir, manifest, out_path, *, storage=None, **sections):
     cfg = {
         "input": {"path": manifest, "storage_options": storage or {}, "passthrough": ["tag"]},
         "model": {"path": str(model_dir), "dtype": "float32", "max_model_len": 8192, "max_num_seqs": 8,
-                  "max_images_per_prompt": 8, "enforce_eager": True, "cpu_kvcache_gib": 1},
+                  "max_images_per_prompt": 8, "engine_kwargs": {"enforce_eager": True}},
         "preprocess": {"max_num": 4, "multi_image_max_num": 4, "video": {"num_segments": 4}, "fetch": fetch},
         "task": [
             {"name": "caption", "preset": "short_caption", "sampling": {"max_tokens": 8}},
@@ -262,7 +262,7 @@ def test_killed_job_resumes_exactly_once(tmp_path, ray_cluster, where):
     job = _plane_job(tmp_path, manifest, output={"rows_per_file": 6, "flush_interval_s": 0.2},
                      runtime={"engine_batch_size": 3, "preprocess_batch_size": 1, "engine_batches_in_flight": 1})  # fmt: skip
     job["input"]["shard_rows"] = 40
-    job["runtime"]["block_kib"] = 4  # blocks of ~16 rows: a shard's results arrive over several batches
+    job["runtime"]["advanced"] = {"block_kib": 4}  # blocks of ~16 rows: a shard's results arrive over several batches
     cfg_path = tmp_path / "job.yaml"
     cfg_path.write_text(yaml.safe_dump(job))
     proc = _run_killable(cfg_path, {**os.environ, "INTERNVL_TEST_DELAY_S": "1.0"})

@@ -148,7 +148,7 @@ def test_hf_reference_answers_as_the_cards_rope_below_across_and_above(short_phi
     from internvl_batch.engines.hf import HFEngine
 
     sampling = SamplingConfig(max_tokens=max_tokens)
-    model = ModelConfig(path=str(short_phi3), engine="hf", dtype="float32", max_model_len=512)
+    model = ModelConfig(path=str(short_phi3), dtype="float32", max_model_len=512)
     ref = HFEngine(model, sampling, reference=True)
     req = EngineRequest(id=where, prompt=build_prompt(question, template=ref.template))
     (theirs,) = ref.generate([req])
@@ -169,7 +169,7 @@ def test_card_mode_refuses_a_row_whose_answer_would_cross_the_original_length(sh
     factors), and a row whose prompt + max_tokens passes 64 is context_overflow, saying why."""
     from internvl_batch.engines.hf import HFEngine
 
-    model = ModelConfig(path=str(short_phi3), engine="hf", dtype="float32", max_model_len=512)
+    model = ModelConfig(path=str(short_phi3), dtype="float32", max_model_len=512)
     engine = HFEngine(model, SamplingConfig(max_tokens=30))
     assert (engine.max_model_len, engine.sequence_limit) == (SHORT_ORIGINAL, SHORT_ORIGINAL)
     fits = EngineRequest(id="fits", prompt=build_prompt("Hi.", template=engine.template),

@@ -51,7 +51,7 @@ def job_config(manifest: Path, out: Path, model_path: str = "unused-model", **se
     job = {
         "input": {"path": str(manifest), "shard_rows": 5},
         "model": {"path": model_path, "dtype": "float32", "max_model_len": 8192, "max_num_seqs": 8,
-                  "enforce_eager": True, "cpu_kvcache_gib": 1},
+                  "engine_kwargs": {"enforce_eager": True}},
         "preprocess": {"max_num": 6, "multi_image_max_num": 6, "fetch": {"backoff_initial_s": 0.0}},
         "task": [{"name": "caption", "preset": "short_caption", "sampling": {"max_tokens": 8}},
                  {"name": "qa", "use_row_question": True, "sampling": {"max_tokens": 8}}],

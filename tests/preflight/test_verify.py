@@ -7,9 +7,11 @@ import pytest
 import yaml
 
 from internvl_batch.cli import main
+from internvl_batch.devtools.hf_engine import on_hf_engine
 from internvl_batch.engines.base import EngineResult
+from internvl_batch.model.check import ModelCheckError
 from internvl_batch.preflight.reference import Step
-from internvl_batch.preflight.verify import Case, compare
+from internvl_batch.preflight.verify import Case, compare, run_verify
 from tests.observe import jobs
 
 NAMES = {1: "'<s>'", 7: "'cat' [▁cat]", 8: "'dog' [▁dog]", 9: "'the' [▁the]", 864: "'' [▁]"}
@@ -79,6 +81,14 @@ def _config(root, model_path, **model) -> str:
     return str(path)
 
 
+def _verify_on_hf(root, model_path, rows: int, max_tokens: int, **model) -> tuple[bool, str]:
+    """`verify` with the job's path on the HF reference engine (fast: no vLLM to start), which
+    no config file can choose: the command's own steps on the config devtools marked."""
+    cfg = on_hf_engine(jobs.job_config(root / "m.jsonl", root / "out", str(model_path), model=model))
+    report = run_verify(cfg, rows, max_tokens=max_tokens)
+    return report.ok, report.text()
+
+
 @pytest.mark.slow
 def test_verify_passes_on_the_phi3_twin_through_vllm(manifest, twin_dirs, capsys):
     """Mini-InternVL's twin: the card's slow-tokenizer ids, vLLM capped at 4096 for short factors."""
@@ -89,21 +99,19 @@ def test_verify_passes_on_the_phi3_twin_through_vllm(manifest, twin_dirs, capsys
     assert "result: 6 of 6 compared row x task pair(s) identical" in out and out.rstrip().endswith("OK")
 
 
-def test_verify_fails_naming_the_first_token_when_long_factors_are_forced(manifest, twin_dirs, capsys):
-    config = _config(manifest, twin_dirs["phi3"], engine="hf", rope_factors="long")
-    assert main(["verify", config, "--rows", "2", "--max-tokens", "6"]) == 1
-    out = capsys.readouterr().out
+def test_verify_fails_naming_the_first_token_when_long_factors_are_forced(manifest, twin_dirs):
+    ok, out = _verify_on_hf(manifest, twin_dirs["phi3"], 2, 6, rope_factors="long")
+    assert not ok
     assert "LongRoPE long factors at every length" in out and "FAILED" in out
     lines = [line for line in out.splitlines() if " DIFFERS " in line]
     assert len(lines) == 4 and all("ids identical; token " in line and "margin" in line for line in lines)
 
 
-def test_verify_fails_naming_the_first_prompt_id_under_another_template(manifest, twin_dirs, capsys):
+def test_verify_fails_naming_the_first_prompt_id_under_another_template(manifest, twin_dirs):
     """InternVL2.5-1B's twin run with InternVL2's Hermes-2 template: the reference keeps the
     checkpoint's own (internvl2_5), as model.chat does."""
-    config = _config(manifest, twin_dirs["qwen2"], engine="hf", template="Hermes-2")
-    assert main(["verify", config, "--rows", "1", "--max-tokens", "4"]) == 1
-    out = capsys.readouterr().out
+    ok, out = _verify_on_hf(manifest, twin_dirs["qwen2"], 1, 4, template="Hermes-2")
+    assert not ok
     assert "job path:  hf engine as the job runs it: template 'Hermes-2'" in out
     assert "the checkpoint's template 'internvl2_5'" in out
     assert out.count("PROMPT IDS DIFFER at ") == 2 and out.count(" DIFFERS ") == 2
@@ -117,7 +125,7 @@ def test_verify_refuses_a_job_the_rope_plan_refuses(manifest, twin_dirs, capsys)
 
 
 @pytest.mark.parametrize("family", ["qwen2", "phi3"])
-def test_verify_compares_with_model_chat_of_the_checkpoints_own_code(manifest, twin_dirs, tmp_path, capsys, family):
+def test_verify_compares_with_model_chat_of_the_checkpoints_own_code(manifest, twin_dirs, tmp_path, family):
     """trust_remote_code: the reference is the checkpoint's `model.chat` (here a stand-in remote
     module, tests/support/fake_remote_chat.py), watched for its prompt ids, tokens and scores.
     Phi-3: transformers 5 has no slow LlamaTokenizer, so model.chat is handed its ids."""
@@ -126,21 +134,19 @@ def test_verify_compares_with_model_chat_of_the_checkpoints_own_code(manifest, t
     from tests.support import fake_remote_chat
 
     d = fake_remote_chat.install(shutil.copytree(twin_dirs[family], tmp_path / f"remote-{family}"))
-    config = _config(manifest, d, engine="hf", trust_remote_code=True)
-    assert main(["verify", config, "--rows", "2", "--max-tokens", "6"]) == 0
-    out = capsys.readouterr().out
+    ok, out = _verify_on_hf(manifest, d, 2, 6, trust_remote_code=True)
+    assert ok
     assert "reference: model.chat of the checkpoint's own code (FakeChatModel, trust_remote_code)" in out
     assert ("the slow class's ids, llama_slow.py" in out) == (family == "phi3")
     assert out.count(" identical  prompt ") == 4
     if family == "phi3":
         return
     # the same checkpoint run with another template: model.chat's own prompt tells it apart
-    wrong = _config(manifest, d, engine="hf", trust_remote_code=True, template="Hermes-2")
-    assert main(["verify", wrong, "--rows", "1", "--max-tokens", "4"]) == 1
-    assert capsys.readouterr().out.count("PROMPT IDS DIFFER at ") == 2
+    ok, out = _verify_on_hf(manifest, d, 1, 4, trust_remote_code=True, template="Hermes-2")
+    assert not ok and out.count("PROMPT IDS DIFFER at ") == 2
 
 
-def test_remote_code_that_does_not_load_names_trust_remote_code(manifest, twin_dirs, tmp_path, capsys):
+def test_remote_code_that_does_not_load_names_trust_remote_code(manifest, twin_dirs, tmp_path):
     import json
     import shutil
 
@@ -149,8 +155,8 @@ def test_remote_code_that_does_not_load_names_trust_remote_code(manifest, twin_d
     cfg = json.loads((d / "config.json").read_text())
     cfg["auto_map"] = {"AutoConfig": "modeling_broken.BrokenConfig", "AutoModel": "modeling_broken.BrokenModel"}
     (d / "config.json").write_text(json.dumps(cfg))
-    config = _config(manifest, d, engine="hf", trust_remote_code=True)
-    assert main(["verify", config, "--rows", "1", "--max-tokens", "2"]) == 2
-    err = capsys.readouterr().err
+    with pytest.raises(ModelCheckError) as raised:
+        _verify_on_hf(manifest, d, 1, 2, trust_remote_code=True)
+    err = f"error: {raised.value}"
     assert "error: model.trust_remote_code: the checkpoint's remote code does not load" in err
     assert "written for transformers 4.37" in err and "model.trust_remote_code: false" in err

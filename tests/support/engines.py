@@ -36,8 +36,7 @@ def tiny_model_config(path, **kw) -> ModelConfig:
         max_model_len=MAX_MODEL_LEN,
         max_num_seqs=8,
         max_images_per_prompt=8,
-        enforce_eager=True,
-        cpu_kvcache_gib=1,
+        engine_kwargs={"enforce_eager": True},
     )
     return ModelConfig(**{**base, **kw})
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 # Exceptions vLLM raises while validating one request's input: that row fails alone.
 _PER_REQUEST_ERRORS = (ValueError, TypeError)
+CPU_KVCACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 _SAMPLE_INTERVAL_S = 0.05
 
 
@@ -56,7 +57,7 @@ def _is_fatal(exc: BaseException) -> bool:
 
 # ModelConfig fields that are vLLM engine arguments of the same name and meaning.
 _ENGINE_FIELDS = ("dtype", "tensor_parallel_size", "max_model_len", "max_num_seqs", "gpu_memory_utilization",
-                  "quantization", "trust_remote_code", "enforce_eager", "seed")  # fmt: skip
+                  "quantization", "trust_remote_code")  # fmt: skip
 # SamplingConfig fields that are vLLM sampling parameters of the same name and meaning.
 _SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "min_tokens", "repetition_penalty", "seed", "n")
 # SamplingParams kept per distinct sampling config; rows with their own sampling (OpenAI
@@ -73,6 +74,8 @@ def engine_args(model: ModelConfig, tokenizer: str | None = None, max_model_len:
         **{k: getattr(model, k) for k in _ENGINE_FIELDS},
         limit_mm_per_prompt={"image": model.max_images_per_prompt},
         hf_overrides={"architectures": [PRETILED_ARCHITECTURE], "max_dynamic_patch": model.max_dynamic_patch},
+        # vLLM's engine-wide seed; each request's own is sampling.seed (none: this one).
+        seed=0,
         # vLLM files dict-of-tensor image items under "embeddings" and gates them behind
         # this flag; our pre-tiled tiles travel that way.
         enable_mm_embeds=True,
@@ -90,6 +93,18 @@ def engine_args(model: ModelConfig, tokenizer: str | None = None, max_model_len:
     return kwargs
 
 
+def _check_cpu_kvcache() -> None:
+    """The CPU build of vLLM sizes its KV cache from VLLM_CPU_KVCACHE_SPACE; without it, it
+    asks for most of the node's memory and fails later with an error that doesn't say so."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and not os.environ.get(CPU_KVCACHE_ENV, "").strip():
+        raise ValueError(
+            f"the CPU build of vLLM needs its KV cache size (GiB) in the environment: set {CPU_KVCACHE_ENV} "
+            f"(e.g. {CPU_KVCACHE_ENV}=2) where the job starts Ray (the Makefile sets 2)"
+        )
+
+
 async def _cancel_other_tasks() -> None:
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     for t in tasks:
@@ -103,8 +118,7 @@ class VLLMEngine(EngineBase):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        # Read by the CPU build only; sized from the config unless the operator set it.
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(model.cpu_kvcache_gib))
+        _check_cpu_kvcache()
         super().__init__(model, sampling)
         self.occupancy = Occupancy(model.max_num_seqs)
         self._params: dict[tuple, tuple[Any, Any]] = {}

@@ -41,7 +41,7 @@ def _config(tmp_path, model_dir, manifest, **runtime):
     job = {
         "input": {"path": str(manifest), "shard_rows": 8},
         "model": {"path": str(model_dir), "dtype": "float32", "max_model_len": 4096, "max_num_seqs": 4,
-                  "enforce_eager": True, "cpu_kvcache_gib": 1},
+                  "engine_kwargs": {"enforce_eager": True}},
         "preprocess": {"max_num": 2},
         # Every answer exactly 96 tokens: the engine is still busy when the first part lands, to
         # be killed then. (Without min_tokens the tiny model's answers sometimes stopped at once,
