@@ -17,8 +17,8 @@ Start with `internvl-batch demo` (a tiny model on generated media, no GPU needed
 
 EPILOG = """\
 exit codes: 0 done (rows that failed on their own are in the output with their status);
-1 the job failed and may pass on a rerun, which resumes (validate/plan --strict: sampled rows
-predicted refused); 2 a problem that will repeat (config, manifest, model): fix it first."""
+1 the job failed and may pass on a rerun, which resumes; 2 a problem that will repeat (config,
+manifest, model; validate/plan --strict: sampled rows predicted refused): fix it first."""
 
 DEFAULT_TINY_DIR = Path(".cache/tiny-internvl2_5")
 
@@ -140,10 +140,11 @@ def _io_error(e: OSError, cfg) -> int:
 
 
 def _strict(args: argparse.Namespace, refused: str | None, cfg) -> int:
-    """`--strict`: exit 1 when a sampled row is predicted refused; else a bad row is data."""
+    """`--strict`: exit 2 (a problem that will repeat) when a sampled row is predicted refused;
+    else a bad row is data."""
     if args.strict and refused:
         _error(refused, cfg)
-        return 1
+        return 2
     return 0
 
 
@@ -283,7 +284,7 @@ def _add_strict_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--strict",
         action="store_true",
-        help="exit 1 when a sampled row is predicted refused (invalid_row, fetch_error, decode_error, too_large, "
+        help="exit 2 when a sampled row is predicted refused (invalid_row, fetch_error, decode_error, too_large, "
         "context_overflow), naming how many and which statuses; without it such rows are data (exit 0)",
     )
 

@@ -122,10 +122,10 @@ def test_validate_and_plan_predict_the_same_status_for_every_sampled_row(bad_row
     assert "  big-0: context_overflow: caption: 1982 prompt tokens reach the engine's max_model_len=1024" in out
 
 
-def test_validate_and_plan_strict_exit_1_naming_the_refused_statuses(bad_rows_job, capsys, tmp_path):
+def test_validate_and_plan_strict_exit_2_naming_the_refused_statuses(bad_rows_job, capsys, tmp_path):
     config, manifest = bad_rows_job
     for verb in ("validate", "plan"):
-        assert main([verb, config, "--strict"]) == 1
+        assert main([verb, config, "--strict"]) == 2
         err = capsys.readouterr().err
         assert "--strict: 9 of 12 sampled row(s) predicted refused" in err, err
         for status in ("invalid_row 4", "context_overflow 3", "decode_error 1", "fetch_error 1"):

@@ -72,7 +72,7 @@ def _selected(nodeids: list[str], files: list[str], keyword: str | None) -> list
         if not any(path == f or path.startswith(f.rstrip("/") + "/") for f in files):
             continue
         names = [*Path(path).parts, *rest.split("::")]
-        if expr is None or expr.evaluate(lambda sub, **_: any(sub.lower() in n.lower() for n in names)):
+        if expr is None or expr.evaluate(lambda sub, names=names, **_: any(sub.lower() in n.lower() for n in names)):
             chosen.append(nodeid)
     return chosen
 

@@ -4,9 +4,8 @@ vLLM through engine_kwargs; the CPU build's KV cache size comes from the environ
 
 from __future__ import annotations
 
+import os
 import pickle
-
-import pytest
 
 from internvl_batch.config import SamplingConfig
 from internvl_batch.devtools.hf_engine import on_hf_engine
@@ -35,9 +34,11 @@ def test_engine_kwargs_reach_vllm_and_its_seed_is_fixed(tiny_model_dir):
     assert "enforce_eager" not in args and args["seed"] == 0
 
 
-def test_the_cpu_build_without_its_kv_cache_size_says_which_variable_to_set(tiny_model_dir, monkeypatch):
-    from internvl_batch.engines.vllm.engine import VLLMEngine
+def test_the_cpu_build_without_its_kv_cache_size_gets_a_default_and_keeps_a_given_one(monkeypatch):
+    from internvl_batch.engines.vllm.engine import CPU_KVCACHE_DEFAULT_GIB, cpu_kvcache_default
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
-    with pytest.raises(ValueError, match="set VLLM_CPU_KVCACHE_SPACE"):
-        VLLMEngine(tiny_model_config(tiny_model_dir), SamplingConfig())
+    assert cpu_kvcache_default() == str(CPU_KVCACHE_DEFAULT_GIB)  # this machine runs the CPU build
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == str(CPU_KVCACHE_DEFAULT_GIB)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")
+    assert cpu_kvcache_default() is None and os.environ["VLLM_CPU_KVCACHE_SPACE"] == "3"

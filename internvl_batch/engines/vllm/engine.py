@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import uuid
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 
 # Exceptions vLLM raises while validating one request's input: that row fails alone.
 _PER_REQUEST_ERRORS = (ValueError, TypeError)
+log = logging.getLogger(__name__)
 CPU_KVCACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
+CPU_KVCACHE_DEFAULT_GIB = 4
 _SAMPLE_INTERVAL_S = 0.05
 
 
@@ -93,16 +96,18 @@ def engine_args(model: ModelConfig, tokenizer: str | None = None, max_model_len:
     return kwargs
 
 
-def _check_cpu_kvcache() -> None:
-    """The CPU build of vLLM sizes its KV cache from VLLM_CPU_KVCACHE_SPACE; without it, it
-    asks for most of the node's memory and fails later with an error that doesn't say so."""
+def cpu_kvcache_default() -> str | None:
+    """The CPU build of vLLM sizes its KV cache from VLLM_CPU_KVCACHE_SPACE (GiB); unset, it
+    asks for most of the node's memory and fails later with an error that doesn't say so.
+    Unset on the CPU build: CPU_KVCACHE_DEFAULT_GIB, said once in the log. Returns what was set."""
     from vllm.platforms import current_platform
 
-    if current_platform.is_cpu() and not os.environ.get(CPU_KVCACHE_ENV, "").strip():
-        raise ValueError(
-            f"the CPU build of vLLM needs its KV cache size (GiB) in the environment: set {CPU_KVCACHE_ENV} "
-            f"(e.g. {CPU_KVCACHE_ENV}=2) where the job starts Ray (the Makefile sets 2)"
-        )
+    if not current_platform.is_cpu() or os.environ.get(CPU_KVCACHE_ENV, "").strip():
+        return None
+    os.environ[CPU_KVCACHE_ENV] = str(CPU_KVCACHE_DEFAULT_GIB)
+    log.info("%s is unset: the CPU build of vLLM gets %d GiB of KV cache (set it to change)",
+             CPU_KVCACHE_ENV, CPU_KVCACHE_DEFAULT_GIB)  # fmt: skip
+    return os.environ[CPU_KVCACHE_ENV]
 
 
 async def _cancel_other_tasks() -> None:
@@ -118,7 +123,7 @@ class VLLMEngine(EngineBase):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        _check_cpu_kvcache()
+        cpu_kvcache_default()
         super().__init__(model, sampling)
         self.occupancy = Occupancy(model.max_num_seqs)
         self._params: dict[tuple, tuple[Any, Any]] = {}
