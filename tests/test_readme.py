@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 ELSEWHERE = ("kubectl ", "docker ", "pip install ", "helm ", "aws ", "gcloud ")
 # The set-up commands themselves: `make demo` runs first (below), `make test` is this suite.
 SETUP = ("make demo", "make test")
-_EXIT = re.compile(r"#\s*exit\s+(\d+)\s*$")
+_EXIT = re.compile(r"#\s*exit\s+(\d+)\b")
 
 
 def readme_commands(text: str) -> list[tuple[str, int]]:
@@ -54,7 +54,7 @@ def quoted_commands(text: str) -> list[str]:
     and the `$ ...` lines of sample outputs."""
     found = [re.sub(r"\s+#.*$", "", m.group(1)).strip() for m in re.finditer(r"^\$ (.+)$", text, re.M)]
     found += [m.group(1) for m in re.finditer(r"`((?:\.venv/bin/|make )[^`\n]+)`", text)]
-    return found
+    return [c for c in found if len(c.split()) > 1]  # a program's name alone is no command line
 
 
 # What the Makefile and tests/conftest.py export for the suite: a newcomer's shell has none.
@@ -93,14 +93,15 @@ def _pytest_line(command: str) -> tuple[list[str], str | None]:
 
 
 def test_readme_commands_are_parsed_with_their_exit_codes():
-    text = "x\n```bash\n.venv/bin/internvl-batch run c.yaml   # runs it\nmake demo\n.venv/bin/x y  # exit 2\n```\n"
+    text = "x\n```bash\n.venv/bin/internvl-batch run c.yaml   # runs it\nmake demo\n.venv/bin/x y  # exit 2: why\n```\n"
     assert readme_commands(text) == [(".venv/bin/internvl-batch run c.yaml", 0), ("make demo", 0), (".venv/bin/x y", 2)]
     assert readme_commands("```\n$ not bash\n```\n```yaml\na: 1\n```\n") == []
 
 
 def test_quoted_commands_are_found_in_prose_tables_and_sample_outputs():
     text = ("run `.venv/bin/pytest tests/x.py -k 'a and b'` | `make bench` |\n```\n"
-            "$ .venv/bin/internvl-batch plan c.yaml   # after make demo\nplan: ...\n```\n`internvl-batch plan CONFIG`\n")  # fmt: skip
+            "$ .venv/bin/internvl-batch plan c.yaml   # after make demo\nplan: ...\n```\n`internvl-batch plan CONFIG`\n"
+            "call it as `.venv/bin/internvl-batch`\n")  # fmt: skip
     assert quoted_commands(text) == [".venv/bin/internvl-batch plan c.yaml", ".venv/bin/pytest tests/x.py -k 'a and b'",
                                      "make bench"]  # fmt: skip
 

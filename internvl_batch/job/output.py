@@ -217,6 +217,9 @@ class OutputDir:
         finished one `_SUCCESS` last."""
         return any(self.fs.exists(self.path(n)) for n in (f"{STATE}/job.json", SUCCESS))
 
+    def has_success(self) -> bool:
+        return self.fs.exists(self.path(SUCCESS))
+
     def clear_success(self) -> None:
         self.remove([self.path(SUCCESS)])
 

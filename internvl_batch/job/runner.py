@@ -273,6 +273,12 @@ def run_job(cfg: JobConfig, dry_run: bool = False, stages: dict[str, Any] | None
         print(plan_text(summary.plan))
         return summary
     log.info("plan: %s", json.dumps(summary.plan))
+    if not plan.todo and out.has_success():
+        # A finished output stays as it is: its _SUCCESS keeps the run that did the work (the
+        # rates `plan --from-run` reads), and no cluster starts for nothing.
+        log.info("nothing left to do: every row x task pair is in %s (finished before)", out.url)
+        summary.finished = True
+        return summary
     ray = init_ray(cfg)
     out.clear_success()
     duplicates, summary.duplicate_ids = _duplicates(ray, cfg, plan, out)

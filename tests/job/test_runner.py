@@ -152,10 +152,11 @@ def test_s3_manifest_to_s3_parquet_exactly_once(s3, tiny_model_dir, tmp_path, ra
     assert sum(success["status_counts"].values()) == 20
     assert len(fs.glob("pipeline-e2e/out/_ledger/*.json")) == 4
 
-    # a second run has nothing to do and writes nothing
+    # a second run has nothing to do and writes nothing: the finished run's _SUCCESS stays
     again = run_job(cfg)
     assert again.finished and again.todo_rows == 0 and again.written_this_run == 0
     assert sorted(fs.glob("pipeline-e2e/out/part-*.parquet")) == sorted(parts)
+    assert json.loads(fs.cat("pipeline-e2e/out/_SUCCESS")) == success
 
 
 # -- the data plane, stand-in stages -----------------------------------------------------------
