@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from internvl_batch.config import JobConfig
+from internvl_batch.devtools.hf_engine import on_hf_engine
 from internvl_batch.devtools.sample_media import write_sample_video
 from internvl_batch.job.openai_output import FOLDER
 from internvl_batch.job.plan import PlanError
@@ -212,10 +213,12 @@ def test_openai_batch_round_trip(tmp_path, ray_cluster):
     assert pq.read_table(tmp_path / "out").num_rows == len(lines)  # the parquet readers skip _openai_batch/
 
 
-def test_templated_prompt_n3_and_embedded_bytes_as_fetched_through_vllm(tiny_model_dir, tmp_path, ray_cluster):
-    """One real vLLM job: the same image embedded (HF struct bytes) and fetched (the struct's
-    path) gives byte-identical greedy answers; a prompt filled in from the `label` column; a
-    row without a label is invalid for that task only; `n: 3` returns three answers."""
+def test_templated_prompt_n3_and_embedded_bytes_as_fetched_through_a_real_engine(tiny_model_dir, tmp_path, ray_cluster):
+    """One job on a real engine (the HF reference engine on the tiny checkpoint: its start
+    costs seconds, vLLM's a minute; vLLM's own n is tests/engines/vllm/test_engine.py's): the
+    same image embedded (HF struct bytes) and fetched (the struct's path) gives
+    byte-identical greedy answers; a prompt filled in from the `label` column; a row without
+    a label is invalid for that task only; `n: 3` returns three answers through the output."""
     photo = image_bytes(11, (500, 300), "JPEG")
     (tmp_path / "photo.jpg").write_bytes(photo)
     rows = [{"id": "embedded", "image": {"bytes": photo, "path": "photo.jpg"}, "label": "cat"},
@@ -231,7 +234,7 @@ def test_templated_prompt_n3_and_embedded_bytes_as_fetched_through_vllm(tiny_mod
     job["model"] = {"path": str(tiny_model_dir), "dtype": "float32", "max_model_len": 4096, "max_num_seqs": 8,
                     "engine_kwargs": {"enforce_eager": True}}  # fmt: skip
     job["runtime"].update(engine_cpus=1, cpus_per_worker=0.25)
-    assert run_job(JobConfig.model_validate(job)).finished
+    assert run_job(on_hf_engine(JobConfig.model_validate(job))).finished
     got = _once(_output(tmp_path / "out"), ("ask", "many"))
     e, f = got[("embedded", "ask")], got[("fetched", "ask")]
     assert e["status"] == f["status"] == "ok" and e["num_tiles"] == f["num_tiles"] == 3

@@ -129,3 +129,18 @@ def test_min_tokens_holds_back_a_stop_until_it_is_reached(vllm_engine):
     assert stopped.finish_reason == "stop" and stopped.num_output_tokens <= 1
     assert held.num_output_tokens >= 8
     assert held.token_ids[:8] == free.token_ids[:8]
+
+
+def test_n_answers_per_request_each_its_own(vllm_engine):
+    """sampling.n reaches vLLM's n: three answers, the first also the row's `response`."""
+    from internvl_batch.status import Status
+
+    base = image_request("r", [((320, 240), 1)], "Describe the image.")
+    sampling = SamplingConfig(temperature=1.0, seed=7, max_tokens=6, n=3)
+    [res] = vllm_engine.generate([EngineRequest(id="r", prompt=base.prompt, tiles=base.tiles, sampling=sampling)])
+    assert res.status == Status.OK and len(res.texts) == len(res.finish_reasons) == len(res.output_token_counts) == 3
+    assert (res.text, res.finish_reason, res.num_output_tokens) == (
+        res.texts[0], res.finish_reasons[0], res.output_token_counts[0])  # fmt: skip
+    assert all(1 <= n <= 6 for n in res.output_token_counts)
+    [greedy] = vllm_engine.generate([EngineRequest(id="g", prompt=base.prompt, tiles=base.tiles)])
+    assert len(greedy.texts) <= 1  # n defaults to one answer
