@@ -174,7 +174,7 @@ class VLLMEngine(EngineBase):
 
     def sampling_params(self, req: EngineRequest):
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         cfg = self.sampling_for(req)
         key = (id(cfg), tuple(req.prompt.stop))
@@ -192,6 +192,10 @@ class VLLMEngine(EngineBase):
                     # EOS; but a JSON schema's grammar ends by forcing that EOS, so it must stop there.
                     ignore_eos=cfg.json_schema is None,
                     structured_outputs=structured,
+                    # One output when the request is done, with all n answers: streamed (the
+                    # default) the last output of an n > 1 request can lack answers that
+                    # finished in an earlier step (seen: 2 of 3).
+                    output_kind=RequestOutputKind.FINAL_ONLY,
                 ),
             )
         return self._params[key][1]
