@@ -109,12 +109,13 @@ def _validate(args: argparse.Namespace) -> int:
     )
     if args.config_only:
         return 0  # no I/O: the model's files and the manifest are not read
+    from internvl_batch.engines.checkpoint import inspect_checkpoint
     from internvl_batch.job.readers import ManifestError
-    from internvl_batch.model.check import ModelCheckError, inspect_model
+    from internvl_batch.model.check import ModelCheckError
     from internvl_batch.preflight.rows import check_sample
 
     try:
-        info = inspect_model(cfg.model)
+        info = inspect_checkpoint(cfg.model)
     except ModelCheckError as e:
         _error(e, cfg, suffix=" (may pass on a retry)" if e.retryable else "")
         return 1 if e.retryable else 2

@@ -179,12 +179,14 @@ class EngineBase:
     def __init__(self, model: ModelConfig, sampling: SamplingConfig, files: str | None = None, reference=False):
         """`reference`: run the checkpoint as model.chat does (its own template whatever
         model.template says, the card's RoPE at every length), for `verify`."""
+        from internvl_batch.engines.checkpoint import checkpoint_files
         from internvl_batch.model.check import inspect_model
 
         if reference:
             model = model.model_copy(update={"template": None, "rope_factors": "card"})
         self.model = model
         self.default_sampling = sampling
+        files = files if files is not None else checkpoint_files(model)
         self.checkpoint = inspect_model(model, files, reference=reference)
         self.template = self.checkpoint.template
         # What the engine runs with (model/rope.py): vLLM's max_model_len may be capped

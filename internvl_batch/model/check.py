@@ -22,9 +22,6 @@ from internvl_batch.model.tokenizer import CheckpointTokenizer, TokenizerError, 
 if TYPE_CHECKING:
     from internvl_batch.config import ModelConfig
 
-# What is fetched of a hub checkpoint to check it: everything but the weights.
-TEXT_FILE_PATTERNS = ["*.json", "*.model", "*.txt", "*.py", "*.tiktoken", "*.jinja"]
-
 
 class ModelCheckError(ValueError):
     """`retryable`: the hub or the store failed (network, 5xx); the same check may pass later."""
@@ -33,14 +30,6 @@ class ModelCheckError(ValueError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.retryable = retryable
-
-
-def _hub_error_is_permanent(e: Exception) -> bool:
-    from huggingface_hub import errors
-
-    permanent = (errors.RepositoryNotFoundError, errors.GatedRepoError, errors.RevisionNotFoundError,
-                 errors.HFValidationError, errors.DisabledRepoError)  # fmt: skip
-    return isinstance(e, permanent)
 
 
 @dataclass(frozen=True)
@@ -71,29 +60,6 @@ class ModelInfo:
         )
 
 
-def checkpoint_files(model: ModelConfig) -> Path:
-    """A local directory with the checkpoint's non-weight files (a hub name: only those are fetched)."""
-    from internvl_batch.engines.model_path import ModelPathError, is_hub_name, resolve_model_path
-
-    try:
-        local = resolve_model_path(model.path, model.download_dir, model.storage_options, weights=False)
-    except ModelPathError as e:
-        raise ModelCheckError("model.path", str(e)) from e
-    except OSError as e:  # the store or the disk failed on the way
-        raise ModelCheckError("model.path", f"{type(e).__name__}: {e}", retryable=True) from e
-    if Path(local).is_dir():
-        return Path(local)
-    if not is_hub_name(local):
-        raise ModelCheckError("model.path", f"{model.path!r} is no directory, object-storage prefix or hub name")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(local, allow_patterns=TEXT_FILE_PATTERNS))
-    except Exception as e:  # the hub client raises many types: offline, 401, 404, 5xx, ...
-        retryable = not _hub_error_is_permanent(e)
-        raise ModelCheckError("model.path", f"{model.path!r}: {type(e).__name__}: {e}", retryable) from e
-
-
 def _load_config(files: Path, trust_remote_code: bool) -> dict[str, Any]:
     from transformers import AutoConfig
 
@@ -121,11 +87,12 @@ def _single_token_ids(tokenizer, tokens, key: str, what: str) -> tuple[int, ...]
     return tuple(vocab[t] for t in tokens)
 
 
-def inspect_model(model: ModelConfig, files: str | Path | None = None, reference: bool = False) -> ModelInfo:
-    """Load config, tokenizer and template as the engines do (no weights); `files`
-    defaults to fetching the checkpoint's non-weight files. `reference`: as model.chat runs
-    the checkpoint (the card's RoPE at every length, no plan for vLLM)."""
-    files = Path(files) if files is not None else checkpoint_files(model)
+def inspect_model(model: ModelConfig, files: str | Path, reference: bool = False) -> ModelInfo:
+    """Load config, tokenizer and template as the engines do (no weights) from `files`, a
+    local directory with the checkpoint's non-weight files (engines/model_path.py's
+    `inspect_checkpoint` fetches them first). `reference`: as model.chat runs the checkpoint
+    (the card's RoPE at every length, no plan for vLLM)."""
+    files = Path(files)
     config = _load_config(files, model.trust_remote_code)
     try:
         tokenizer = load_tokenizer(files, trust_remote_code=model.trust_remote_code)

@@ -48,7 +48,8 @@ class PromptTokens:
 
     def __init__(self, cfg: JobConfig, info: Any = None):
         """`info`: the model's `inspect_model` result when the caller has it already."""
-        from internvl_batch.model.check import ModelCheckError, inspect_model
+        from internvl_batch.engines.checkpoint import inspect_checkpoint
+        from internvl_batch.model.check import ModelCheckError
         from internvl_batch.model.templates import DEFAULT_TEMPLATE, get_template
 
         self.tokenizer = None
@@ -58,7 +59,7 @@ class PromptTokens:
         self.max_model_len, self.sequence_limit = cfg.model.max_model_len, None
         self.rope = "unknown (model not reachable)"
         try:
-            info = info or inspect_model(cfg.model)
+            info = info or inspect_checkpoint(cfg.model)
             self.tokenizer, self.template = info.tokenizer, info.template
             self.source = f"exact: template {info.template.name!r} and the checkpoint's tokenizer"
             self.max_model_len, self.sequence_limit = info.rope_plan.max_model_len, info.rope_plan.sequence_limit

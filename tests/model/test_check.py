@@ -10,7 +10,8 @@ import yaml
 from internvl_batch.cli import main as cli_main
 from internvl_batch.config import ModelConfig
 from internvl_batch.devtools.tiny_model import FAMILIES
-from internvl_batch.model.check import ModelCheckError, inspect_model
+from internvl_batch.engines.checkpoint import inspect_checkpoint
+from internvl_batch.model.check import ModelCheckError
 from tests.support.families import FAMILY_NAMES
 
 LLMS = {"qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM", "phi3": "Phi3ForCausalLM",
@@ -19,7 +20,7 @@ LLMS = {"qwen2": "Qwen2ForCausalLM", "internlm2": "InternLM2ForCausalLM", "phi3"
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_every_twin_checks_out_without_remote_code(twin_dirs, family):
-    info = inspect_model(ModelConfig(path=str(twin_dirs[family])))
+    info = inspect_checkpoint(ModelConfig(path=str(twin_dirs[family])))
     fam = FAMILIES[family]
     assert info.template == fam.template
     assert info.config["llm_config"]["architectures"] == [LLMS[family]]
@@ -44,7 +45,7 @@ def _edit_json(path, **changes):
 
 
 def test_extra_stop_tokens_follow_the_separator(twin_dirs):
-    info = inspect_model(ModelConfig(path=str(twin_dirs["qwen2"]), extra_stop_tokens=("<|endoftext|>",)))
+    info = inspect_checkpoint(ModelConfig(path=str(twin_dirs["qwen2"]), extra_stop_tokens=("<|endoftext|>",)))
     vocab = info.tokenizer.tokenizer.get_vocab()
     assert info.stop_token_ids == (vocab["<|im_end|>"], vocab["<|endoftext|>"])
 
@@ -94,7 +95,7 @@ KINDS = ["missing dir", "not a checkpoint", "not InternVL", "unsupported LLM", "
 def test_failures_name_the_config_key(twin_dirs, tmp_path, kind):
     model, key = _broken(kind, twin_dirs, tmp_path)
     with pytest.raises(ModelCheckError) as e:
-        inspect_model(model)
+        inspect_checkpoint(model)
     assert e.value.key == key and str(e.value).startswith(f"{key}: ")
 
 
@@ -155,7 +156,7 @@ def test_a_hub_name_is_checked_from_its_files_only(twin_dirs, tmp_path, monkeypa
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
     monkeypatch.delenv("INTERNVL_BATCH_MODEL_CACHE", raising=False)
-    info = inspect_model(ModelConfig(path="OpenGVLab/InternVL2_5-8B"))
+    info = inspect_checkpoint(ModelConfig(path="OpenGVLab/InternVL2_5-8B"))
     assert info.template.name == "internvl2_5"
     ((repo, patterns),) = calls
     assert repo == "OpenGVLab/InternVL2_5-8B" and "*.safetensors" not in patterns and "*.model" in patterns
@@ -165,7 +166,7 @@ def test_an_unreachable_hub_names_model_path_and_may_pass_on_a_retry(tmp_path, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("INTERNVL_BATCH_MODEL_CACHE", raising=False)
     with pytest.raises(ModelCheckError, match="^model.path: ") as e:
-        inspect_model(ModelConfig(path="OpenGVLab/No-Such-Checkpoint-For-Tests"))
+        inspect_checkpoint(ModelConfig(path="OpenGVLab/No-Such-Checkpoint-For-Tests"))
     assert e.value.retryable
     # the k8s entrypoint retries validate's exit 1, never its exit 2
     assert cli_main(["validate", _job(tmp_path, {"path": "OpenGVLab/No-Such-Checkpoint-For-Tests"})]) == 1

@@ -12,10 +12,10 @@ from PIL import Image
 
 from internvl_batch.cli import main
 from internvl_batch.devtools.sample_media import write_large_video, write_sample_video
+from internvl_batch.engines.checkpoint import inspect_checkpoint
 from internvl_batch.job.clips import fixed_clips
 from internvl_batch.job.readers import list_files
 from internvl_batch.media.headers import predict_tiles
-from internvl_batch.model.check import inspect_model
 from internvl_batch.model.prompts import build_prompt
 from internvl_batch.preflight import sample as sampling
 from internvl_batch.preflight.estimate import Rates, count_rows, make_preflight
@@ -54,7 +54,7 @@ def test_plan_predicts_tiles_statuses_and_exact_prompt_tokens(manifest, tmp_path
 
     # Prompt tokens: the fully expanded prompt tokenized as model.chat does (another path
     # than the engine's id insertion the plan uses), and overflow exactly where it reaches max_model_len.
-    info = inspect_model(cfg.model)
+    info = inspect_checkpoint(cfg.model)
     task = {t.name: t for t in cfg.task}
     for rid in ("square-0", "wide-1", "tall-0", "big-0", "pair-0"):
         row = next(r for r in sample if r.id == rid)
