@@ -58,3 +58,17 @@ def agreement_requests() -> list[EngineRequest]:
     for q in ("Hello, who are you?", "Write a short poem.", "Count to five."):
         reqs.append(EngineRequest(id=f"text-{q[:5]}", prompt=build_prompt(q)))
     return reqs
+
+
+def n_answers(engine, n: int, max_tokens: int, seed: int):
+    """One image request sampled `n` times on `engine`; its result, checked to hold `n`
+    answers whose first is also the row's `text` / `finish_reason` / `num_output_tokens`."""
+    from internvl_batch.status import Status
+
+    base = image_request("r", [((320, 240), 1)], "Describe the image.")
+    sampling = SamplingConfig(temperature=1.0, seed=seed, max_tokens=max_tokens, n=n)
+    [res] = engine.generate([EngineRequest(id="r", prompt=base.prompt, tiles=base.tiles, sampling=sampling)])
+    assert res.status == Status.OK and len(res.texts) == len(res.finish_reasons) == len(res.output_token_counts) == n
+    assert (res.text, res.finish_reason, res.num_output_tokens) == (
+        res.texts[0], res.finish_reasons[0], res.output_token_counts[0])  # fmt: skip
+    return base, res

@@ -10,7 +10,7 @@ from internvl_batch.config import SamplingConfig
 from internvl_batch.devtools.sample_media import sample_image
 from internvl_batch.engines.base import EngineRequest
 from internvl_batch.model.prompts import IMG_CONTEXT, build_prompt
-from tests.support.engines import MAX_MODEL_LEN, card_tiles, image_request
+from tests.support.engines import MAX_MODEL_LEN, card_tiles, image_request, n_answers
 
 pytestmark = pytest.mark.slow
 
@@ -133,14 +133,7 @@ def test_min_tokens_holds_back_a_stop_until_it_is_reached(vllm_engine):
 
 def test_n_answers_per_request_each_its_own(vllm_engine):
     """sampling.n reaches vLLM's n: three answers, the first also the row's `response`."""
-    from internvl_batch.status import Status
-
-    base = image_request("r", [((320, 240), 1)], "Describe the image.")
-    sampling = SamplingConfig(temperature=1.0, seed=7, max_tokens=6, n=3)
-    [res] = vllm_engine.generate([EngineRequest(id="r", prompt=base.prompt, tiles=base.tiles, sampling=sampling)])
-    assert res.status == Status.OK and len(res.texts) == len(res.finish_reasons) == len(res.output_token_counts) == 3
-    assert (res.text, res.finish_reason, res.num_output_tokens) == (
-        res.texts[0], res.finish_reasons[0], res.output_token_counts[0])  # fmt: skip
+    base, res = n_answers(vllm_engine, 3, max_tokens=6, seed=7)
     assert all(1 <= n <= 6 for n in res.output_token_counts)
     [greedy] = vllm_engine.generate([EngineRequest(id="g", prompt=base.prompt, tiles=base.tiles)])
     assert len(greedy.texts) <= 1  # n defaults to one answer
